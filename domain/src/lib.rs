@@ -5,9 +5,19 @@
 //! every fact from another aggregate arrive as inputs; randomness (license keys, link
 //! tokens) arrives inside the commands.
 
+pub mod commands;
 pub mod csv_import;
+pub mod email_domain;
 pub mod error;
+pub mod events;
+pub mod license;
+pub mod throttle;
 pub mod values;
 
+pub use commands::*;
+pub use email_domain::EmailDomain;
 pub use error::{DomainError, ErrorKind};
+pub use events::{Event, EventMeta};
+pub use license::{License, LicenseState, Member, StatusCounts};
+pub use throttle::WrongSecretThrottle;
 pub use values::*;
