@@ -8,9 +8,11 @@
 pub mod commands;
 pub mod csv_import;
 pub mod email_domain;
+pub mod email_list;
 pub mod error;
 pub mod events;
 pub mod license;
+pub mod query;
 pub mod throttle;
 pub mod values;
 
