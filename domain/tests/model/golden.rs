@@ -6,12 +6,16 @@
 
 use chrono::{DateTime, Utc};
 use domain::events::*;
-use domain::{DomainName, Email, FeatureName, LicenseId, LicenseType, OuPath, Role, Secret, Source};
+use domain::{
+    DomainName, Email, FeatureName, LicenseId, LicenseType, OuPath, Role, Secret, Source,
+};
 
 const GOLDEN_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/events_v1.txt");
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(rfc3339).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn email(raw: &str) -> Email {
@@ -184,7 +188,14 @@ fn golden_events_still_decode_to_the_same_values() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         let text: String = samples
             .iter()
-            .map(|e| format!("{} {} {}\n", e.type_name(), e.schema_version(), hex(&e.encode())))
+            .map(|e| {
+                format!(
+                    "{} {} {}\n",
+                    e.type_name(),
+                    e.schema_version(),
+                    hex(&e.encode())
+                )
+            })
             .collect();
         std::fs::write(GOLDEN_PATH, text).expect("golden file is writable");
     }
@@ -200,7 +211,10 @@ fn golden_events_still_decode_to_the_same_values() {
         );
         let decoded = Event::decode(event_type, version, &payload)
             .unwrap_or_else(|error| panic!("golden {event_type} no longer decodes: {error}"));
-        assert_eq!(&decoded, sample, "golden {event_type} decodes to another value");
+        assert_eq!(
+            &decoded, sample,
+            "golden {event_type} decodes to another value"
+        );
     }
 }
 

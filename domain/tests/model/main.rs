@@ -3,4 +3,4 @@
 
 mod golden;
 mod properties;
-
+mod scenarios;

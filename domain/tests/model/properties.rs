@@ -35,11 +35,15 @@ fn email(index: usize) -> Email {
 }
 
 fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-09-01T00:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-09-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn valid_until() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2027-07-31T23:59:59Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2027-07-31T23:59:59Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn secret(n: u32) -> Secret {
@@ -91,7 +95,11 @@ fn ou_entries() -> impl Strategy<Value = Vec<OuEntry>> {
             |(index, student, suspended)| OuEntry {
                 email: email(index),
                 ou_path: OuPath::parse("/Students").unwrap(),
-                role: if student { Role::Student } else { Role::Teacher },
+                role: if student {
+                    Role::Student
+                } else {
+                    Role::Teacher
+                },
                 suspended,
             },
         ),
@@ -169,18 +177,30 @@ fn check_invariants(license: &License, now: DateTime<Utc>) -> Result<(), TestCas
     }
     let counts = state.counts();
     prop_assert_eq!(
-        [counts.accepted, counts.invited, counts.rejected, counts.waitlisted],
+        [
+            counts.accepted,
+            counts.invited,
+            counts.rejected,
+            counts.waitlisted
+        ],
         by_status,
         "counts disagree with the members"
     );
     let waitlist: Vec<&Email> = state.waitlist().collect();
     prop_assert_eq!(waitlist.len() as u64, counts.waitlisted);
     for email in waitlist {
-        prop_assert_eq!(state.member(email).map(|m| m.status), Some(Status::Waitlisted));
+        prop_assert_eq!(
+            state.member(email).map(|m| m.status),
+            Some(Status::Waitlisted)
+        );
     }
     // SEAT-4: while the license is valid, nobody waits for a seat that is free.
     if !state.is_expired(now) && counts.waitlisted > 0 {
-        prop_assert_eq!(state.seats_free(), 0, "a waitlisted user waits beside a free seat");
+        prop_assert_eq!(
+            state.seats_free(),
+            0,
+            "a waitlisted user waits beside a free seat"
+        );
     }
     Ok(())
 }
@@ -233,7 +253,8 @@ fn run_case(license_type: LicenseType, seats: u32, steps: Vec<Step>) -> Result<(
                 // seats; after a seat decrease it may stay above, but never grows.
                 if users_after > seats_after {
                     prop_assert!(
-                        users_after <= users_before && seats_after < u64::from(seats_before).max(users_before),
+                        users_after <= users_before
+                            && seats_after < u64::from(seats_before).max(users_before),
                         "over-allocated: {users_before} -> {users_after} users with {seats_after} seats after {command:?}"
                     );
                 }
