@@ -781,7 +781,15 @@ impl LicenseState {
                 ou_paths,
                 google_admin,
             } => {
-                self.require_admin_or_staff(ctx, "link Google OUs")?;
+                // OU-1 names a license admin, not staff: the attestation is about the
+                // customer's own Google Workspace, which only its admins can give.
+                let is_license_admin = ctx.actor.email().is_some_and(|email| self.is_admin(email));
+                if !is_license_admin {
+                    return Err(DomainError::PermissionDenied(format!(
+                        "only a license admin of {} may link Google OUs",
+                        self.id
+                    )));
+                }
                 if !google_admin {
                     return Err(DomainError::PermissionDenied(
                         "linking an OU needs the integration's attestation that you are a Google admin of the workspace".into(),
@@ -1364,8 +1372,10 @@ impl<'a> Plan<'a> {
         role: Role,
         ou_path: Option<OuPath>,
     ) -> Status {
-        // A seat is free for a newcomer only when nobody is already waiting for it.
-        if self.seats_free() > 0 && !self.waitlist_has_anyone() {
+        // Nobody waits beside a free seat (promotion runs whenever seats free up and the
+        // license is valid, and expired licenses take no one), so a free seat is the
+        // newcomer's.
+        if self.seats_free() > 0 {
             self.join(email, source, role, ou_path);
             Status::Accepted
         } else {
@@ -1402,19 +1412,6 @@ impl<'a> Plan<'a> {
             Status::Waitlisted => AutomaticJoin::Waitlisted,
             _ => AutomaticJoin::Added { returning },
         }
-    }
-
-    fn waitlist_has_anyone(&self) -> bool {
-        let stored = self
-            .state
-            .waitlist
-            .values()
-            .any(|email| !self.changed.contains_key(email));
-        stored
-            || self
-                .planned_waitlist
-                .iter()
-                .any(|email| matches!(self.standing(email), Some((Status::Waitlisted, _))))
     }
 
     fn next_waitlisted(&mut self) -> Option<Email> {

@@ -114,12 +114,18 @@ mod tests {
         assert!(matches("TOM@d.org", "tom@d.org"));
         assert!(!matches("tom@d.org", "tom@d.org.uk"));
         assert!(!matches("tom", "tom@d.org"));
-        assert!(matches("_", "_") && !matches("_", "a"), "underscore is literal");
+        assert!(
+            matches("_", "_") && !matches("_", "a"),
+            "underscore is literal"
+        );
     }
 
     #[test]
     fn literal_prefix_serves_range_scans() {
-        assert_eq!(EmailPattern::parse("Tho%mas").unwrap().literal_prefix(), "tho");
+        assert_eq!(
+            EmailPattern::parse("Tho%mas").unwrap().literal_prefix(),
+            "tho"
+        );
         assert_eq!(EmailPattern::parse("%thomas").unwrap().literal_prefix(), "");
         assert!(EmailPattern::parse("tom@d.org").unwrap().is_exact());
     }
