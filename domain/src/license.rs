@@ -475,6 +475,17 @@ impl LicenseState {
         }
     }
 
+    /// REM-1: whether a removed member will come back by itself: an ou member while an OU is
+    /// still linked, a domain member while the license still claims their domain. After an
+    /// unlink or a release nothing brings them back, and the answer should not say so.
+    fn brings_back(&self, email: &Email, source: Source) -> bool {
+        match source {
+            Source::Ou => !self.ou_paths.is_empty(),
+            Source::Domain => self.claims_domain(email.domain()),
+            _ => false,
+        }
+    }
+
     fn claims_domain(&self, domain: &str) -> bool {
         self.domains
             .iter()
@@ -583,7 +594,7 @@ impl LicenseState {
                         Some((_, source)) => {
                             plan.remove(email, RemovalReason::ByAdmin);
                             summary.removed += 1;
-                            if source.returns_after_removal() {
+                            if self.brings_back(email, source) {
                                 summary.will_return += 1;
                             }
                         }

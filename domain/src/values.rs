@@ -331,11 +331,6 @@ impl Source {
     pub fn is_automatic(self) -> bool {
         !matches!(self, Self::Email | Self::Csv)
     }
-
-    /// REM-1: members from these sources come back at the next sync or scan.
-    pub fn returns_after_removal(self) -> bool {
-        matches!(self, Self::Ou | Self::Domain)
-    }
 }
 
 named_enum!(

@@ -2053,3 +2053,49 @@ fn unlinking_frees_seats_for_the_waitlist_in_the_same_decision() {
         Some((Status::Accepted, Source::Key, Role::Other))
     );
 }
+
+#[test]
+fn removed_domain_members_are_not_promised_to_return_after_the_claim_is_released() {
+    // REM-1, DOM-5: will_return counts only members a later scan or sync would bring back.
+    let mut given = Given::license(LicenseType::District, 10);
+    given.ok(
+        Actor::Staff,
+        LicenseCommand::ClaimDomain {
+            domain: domain_name("north.edu"),
+            dedicated: false,
+        },
+    );
+    for student in ["a@north.edu", "b@north.edu"] {
+        given.ok(
+            Actor::System,
+            LicenseCommand::SignUp {
+                email: email(student),
+                role: Role::Student,
+            },
+        );
+    }
+    let while_claimed = given.remove(user(ADMIN), &["a@north.edu"]);
+    assert_eq!(
+        while_claimed.outcome,
+        Outcome::UsersRemoved(domain::RemoveSummary {
+            removed: 1,
+            not_found: 0,
+            will_return: 1
+        })
+    );
+    given.ok(
+        Actor::Staff,
+        LicenseCommand::ReleaseDomain {
+            domain: domain_name("north.edu"),
+        },
+    );
+    let after_release = given.remove(user(ADMIN), &["b@north.edu"]);
+    assert_eq!(
+        after_release.outcome,
+        Outcome::UsersRemoved(domain::RemoveSummary {
+            removed: 1,
+            not_found: 0,
+            will_return: 0
+        })
+    );
+}
