@@ -1,2 +1,20 @@
-//! The durable event log. The embedded segment-file backend and the KurrentDB backend
-//! arrive with issue 3; until then this crate only reserves its place in the workspace.
+//! The durable event log: the source of truth of the license ledger.
+//!
+//! One trait, [`EventLog`], and two backends: [`EmbeddedLog`] (append-only segment files
+//! with a sled index, the default) and, behind the `kurrentdb` cargo feature,
+//! `KurrentLog`. Both are held to one conformance suite (`tests/conformance.rs`).
+//!
+//! The design notes live in `docs/ledger.md`.
+
+mod embedded;
+mod envelope;
+#[cfg(feature = "kurrentdb")]
+mod kurrent;
+pub mod storage;
+mod types;
+
+pub use embedded::{EmbeddedLog, EmbeddedOptions, IndexStore};
+pub use envelope::{GENESIS_HASH, envelope_hash};
+#[cfg(feature = "kurrentdb")]
+pub use kurrent::KurrentLog;
+pub use types::*;

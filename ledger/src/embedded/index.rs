@@ -1,0 +1,329 @@
+//! The derived index of the embedded log: stream revisions, positions, stream heads and
+//! command ids, with the checkpoint that says how far into the log it reaches.
+//!
+//! Everything here can be rebuilt from the segment files. Keys are one tag byte followed by
+//! big-endian integers so that sled's byte order is the numeric order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::types::{AppendResult, LedgerError, Result};
+
+/// Where a record starts in the segment files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Location {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Location {
+    fn encode(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.segment.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Location {
+        Location {
+            segment: u64::from_be_bytes(b[0..8].try_into().expect("8")),
+            offset: u64::from_be_bytes(b[8..16].try_into().expect("8")),
+        }
+    }
+}
+
+/// The last event of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub revision: u64,
+    pub hash: [u8; 32],
+}
+
+/// What the index remembers of an applied command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommandRecord {
+    pub stream: String,
+    pub digest: [u8; 32],
+    pub result: AppendResult,
+}
+
+/// How far the index reaches: the next position and where its record starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub next_position: u64,
+    pub location: Location,
+}
+
+/// The key-value store the index lives in: sled on disk, or a map in memory for the
+/// simulator tests (where thousands of opens must stay fast). Clones share the store.
+#[derive(Clone)]
+pub enum IndexStore {
+    Sled(sled::Db),
+    Memory(Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>),
+}
+
+const TAG_POSITION: u8 = b'P';
+const TAG_STREAM: u8 = b'S';
+const TAG_HEAD: u8 = b'H';
+const TAG_COMMAND: u8 = b'C';
+const KEY_CHECKPOINT: &[u8] = b"K";
+
+pub(crate) fn key_position(position: u64) -> Vec<u8> {
+    let mut k = vec![TAG_POSITION];
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+pub(crate) fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut k = vec![TAG_STREAM];
+    k.extend_from_slice(&(stream.len() as u16).to_be_bytes());
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
+pub(crate) fn key_stream(stream: &str, revision: u64) -> Vec<u8> {
+    let mut k = stream_prefix(stream);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k
+}
+
+fn key_head(stream: &str) -> Vec<u8> {
+    let mut k = vec![TAG_HEAD];
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
+fn key_command(id: Uuid) -> Vec<u8> {
+    let mut k = vec![TAG_COMMAND];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// One entry per event written, handed from the writer to the index.
+#[derive(Clone, Debug)]
+pub(crate) struct EventEntry {
+    pub position: u64,
+    pub location: Location,
+    pub stream: Arc<str>,
+    pub revision: u64,
+}
+
+/// The key-value pairs of a run of complete appends, ready to apply in one atomic batch.
+#[derive(Default)]
+pub(crate) struct IndexBatch {
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    heads: BTreeMap<Arc<str>, Head>,
+    pub events: u64,
+}
+
+impl IndexBatch {
+    pub fn add_event(&mut self, e: &EventEntry, hash: [u8; 32]) {
+        let mut loc = Vec::with_capacity(16);
+        e.location.encode(&mut loc);
+        self.kvs.push((key_position(e.position), loc.clone()));
+        let mut v = e.position.to_be_bytes().to_vec();
+        v.extend_from_slice(&loc);
+        self.kvs.push((key_stream(&e.stream, e.revision), v));
+        self.heads.insert(
+            e.stream.clone(),
+            Head {
+                revision: e.revision,
+                hash,
+            },
+        );
+        self.events += 1;
+    }
+
+    pub fn add_command(&mut self, id: Uuid, rec: &CommandRecord) {
+        let mut v = Vec::with_capacity(56 + rec.stream.len());
+        v.extend_from_slice(&rec.result.first_position.to_be_bytes());
+        v.extend_from_slice(&rec.result.last_position.to_be_bytes());
+        v.extend_from_slice(&rec.result.next_expected_revision.to_be_bytes());
+        v.extend_from_slice(&rec.digest);
+        v.extend_from_slice(rec.stream.as_bytes());
+        self.kvs.push((key_command(id), v));
+    }
+
+    /// Finishes the batch with the checkpoint it brings the index to.
+    pub fn finish(mut self, cp: Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
+        for (stream, head) in std::mem::take(&mut self.heads) {
+            let mut v = head.revision.to_be_bytes().to_vec();
+            v.extend_from_slice(&head.hash);
+            self.kvs.push((key_head(&stream), v));
+        }
+        let mut v = cp.next_position.to_be_bytes().to_vec();
+        cp.location.encode(&mut v);
+        self.kvs.push((KEY_CHECKPOINT.to_vec(), v));
+        self.kvs
+    }
+}
+
+impl IndexStore {
+    /// Opens (or creates) a sled index in `dir`.
+    pub fn open_sled(dir: impl AsRef<Path>) -> Result<IndexStore> {
+        Ok(IndexStore::Sled(
+            sled::Config::new().path(dir.as_ref()).open()?,
+        ))
+    }
+
+    /// An empty index in memory.
+    pub fn memory() -> IndexStore {
+        IndexStore::Memory(Arc::default())
+    }
+
+    /// An independent copy of an in-memory index as it is now, to stand for an index that
+    /// lost its later batches in a crash. A sled index is shared, not copied.
+    pub fn snapshot(&self) -> IndexStore {
+        match self {
+            IndexStore::Sled(db) => IndexStore::Sled(db.clone()),
+            IndexStore::Memory(m) => {
+                IndexStore::Memory(Arc::new(Mutex::new(m.lock().expect("lock").clone())))
+            }
+        }
+    }
+
+    /// Forgets everything, as deleting the index directory would.
+    pub fn clear(&self) -> Result<()> {
+        match self {
+            IndexStore::Sled(db) => db.clear()?,
+            IndexStore::Memory(m) => m.lock().expect("lock").clear(),
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(match self {
+            IndexStore::Sled(db) => db.get(key)?.map(|v| v.to_vec()),
+            IndexStore::Memory(m) => m.lock().expect("lock").get(key).cloned(),
+        })
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, from `start` on.
+    fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        match self {
+            IndexStore::Sled(db) => {
+                for kv in db.range(start..) {
+                    let (k, v) = kv?;
+                    if !k.starts_with(prefix) || out.len() >= limit {
+                        break;
+                    }
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            IndexStore::Memory(m) => {
+                let m = m.lock().expect("lock");
+                for (k, v) in m.range(start.to_vec()..) {
+                    if !k.starts_with(prefix) || out.len() >= limit {
+                        break;
+                    }
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies all pairs atomically: a crash keeps all of them or none.
+    pub(crate) fn apply(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        match self {
+            IndexStore::Sled(db) => {
+                let mut b = sled::Batch::default();
+                for (k, v) in kvs {
+                    b.insert(k, v);
+                }
+                db.apply_batch(b)?;
+            }
+            IndexStore::Memory(m) => {
+                let mut m = m.lock().expect("lock");
+                for (k, v) in kvs {
+                    m.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes sled's buffers out; the log, not this, is what makes appends durable.
+    pub(crate) fn flush(&self) -> Result<()> {
+        if let IndexStore::Sled(db) = self {
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.get(KEY_CHECKPOINT)?.map(|v| Checkpoint {
+            next_position: u64::from_be_bytes(v[0..8].try_into().expect("8")),
+            location: Location::decode(&v[8..24]),
+        }))
+    }
+
+    pub(crate) fn location_of(&self, position: u64) -> Result<Option<Location>> {
+        Ok(self
+            .get(&key_position(position))?
+            .map(|v| Location::decode(&v)))
+    }
+
+    /// Up to `limit` (revision, position, location) of `stream` from `from_revision` on.
+    pub(crate) fn stream_entries(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, Location)>> {
+        let prefix = stream_prefix(stream);
+        let rows = self.scan(&key_stream(stream, from_revision), &prefix, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| {
+                let rev = u64::from_be_bytes(k[prefix.len()..].try_into().expect("8"));
+                let pos = u64::from_be_bytes(v[0..8].try_into().expect("8"));
+                (rev, pos, Location::decode(&v[8..24]))
+            })
+            .collect())
+    }
+
+    pub(crate) fn head(&self, stream: &str) -> Result<Option<Head>> {
+        Ok(self.get(&key_head(stream))?.map(|v| Head {
+            revision: u64::from_be_bytes(v[0..8].try_into().expect("8")),
+            hash: v[8..40].try_into().expect("32"),
+        }))
+    }
+
+    /// Every stream head, for the writer's in-memory table.
+    pub(crate) fn all_heads(&self) -> Result<Vec<(String, Head)>> {
+        let rows = self.scan(&[TAG_HEAD], &[TAG_HEAD], usize::MAX)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let stream = String::from_utf8(k[1..].to_vec())
+                    .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?;
+                Ok((
+                    stream,
+                    Head {
+                        revision: u64::from_be_bytes(v[0..8].try_into().expect("8")),
+                        hash: v[8..40].try_into().expect("32"),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    pub(crate) fn command(&self, id: Uuid) -> Result<Option<CommandRecord>> {
+        let Some(v) = self.get(&key_command(id))? else {
+            return Ok(None);
+        };
+        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
+        Ok(Some(CommandRecord {
+            result: AppendResult {
+                first_position: u(0),
+                last_position: u(8),
+                next_expected_revision: u(16),
+            },
+            digest: v[24..56].try_into().expect("32"),
+            stream: String::from_utf8(v[56..].to_vec())
+                .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
+        }))
+    }
+}

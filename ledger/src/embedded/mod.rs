@@ -1,0 +1,441 @@
+//! The embedded backend: append-only segment files as the source of truth, a single
+//! writer thread doing group commit, and a sled index kept behind the log.
+//!
+//! Threads: the writer owns the stream heads, checks expectations, encodes whole groups of
+//! appends, writes them and calls `fdatasync` once per group. It hands each synced group
+//! to the indexer, which applies the group's index entries in one atomic batch together
+//! with the checkpoint, publishes the new committed position and only then answers the
+//! appenders. Readers see exactly the committed prefix of the log.
+
+mod index;
+mod reader;
+mod recovery;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+pub use index::IndexStore;
+use index::Location;
+use reader::{SegmentReader, read_record_at};
+use writer::AppendRequest;
+
+use crate::envelope::{GENESIS_HASH, envelope_hash, request_digest};
+use crate::storage::{FsStorage, Storage};
+use crate::types::*;
+
+/// Tunables of the embedded log. The defaults suit production.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// A new segment file is started when an append would take the current one past this.
+    pub segment_size_bytes: u64,
+    /// Appends waiting for the writer; further appenders wait for room.
+    pub append_queue_appends: usize,
+    /// The most appends the writer puts in one group commit.
+    pub group_appends_max: usize,
+    /// Events buffered between a subscription's feeder and its consumer.
+    pub subscription_buffer_events: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            segment_size_bytes: 256 * 1024 * 1024,
+            append_queue_appends: 4096,
+            group_appends_max: 1024,
+            subscription_buffer_events: 1024,
+        }
+    }
+}
+
+/// Groups the writer may have handed to the indexer and not yet seen applied.
+const INDEX_QUEUE_GROUPS: usize = 8;
+
+/// Events a subscription's feeder reads from the log at a time.
+const SUBSCRIPTION_READ_EVENTS: usize = 1024;
+
+/// State shared by the writer, the indexer and the readers.
+pub(crate) struct Shared {
+    storage: Arc<dyn Storage>,
+    index: IndexStore,
+    /// The number of committed events: every position below it is durable and indexed.
+    committed: AtomicU64,
+    committed_tx: watch::Sender<u64>,
+    /// The highest segment id in use; readers move on to the next segment up to it.
+    last_segment: AtomicU64,
+    /// Set by `close`; subscriptions end when they see it.
+    closed: AtomicBool,
+    /// Set once a write or index update failed: the log then refuses further appends.
+    failed: Mutex<Option<LedgerError>>,
+    options: EmbeddedOptions,
+}
+
+impl Shared {
+    fn fail(&self, e: LedgerError) {
+        let mut f = self.failed.lock().expect("lock");
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn failure(&self) -> Option<LedgerError> {
+        self.failed.lock().expect("lock").clone()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The embedded event log. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`: segments in `dir/segments`, the sled index in
+    /// `dir/index`. Recovers from a crash and brings the index up to the log before
+    /// returning. Blocking; call it at start-up.
+    pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedLog> {
+        let dir = dir.as_ref();
+        let storage = Arc::new(FsStorage::open(dir.join("segments"))?);
+        let index = IndexStore::open_sled(dir.join("index"))?;
+        EmbeddedLog::open_with(storage, index, options)
+    }
+
+    /// Opens the log on any storage and index, for example the simulated disk.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        index: IndexStore,
+        options: EmbeddedOptions,
+    ) -> Result<EmbeddedLog> {
+        assert!(options.append_queue_appends > 0 && options.group_appends_max > 0);
+        assert!(options.subscription_buffer_events > 0);
+        let recovered = recovery::recover(storage.as_ref(), &index)?;
+        let (committed_tx, _) = watch::channel(recovered.next_position);
+        let shared = Arc::new(Shared {
+            storage,
+            index,
+            committed: AtomicU64::new(recovered.next_position),
+            committed_tx,
+            last_segment: AtomicU64::new(recovered.segment),
+            closed: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            options: options.clone(),
+        });
+        let (tx, rx) = mpsc::channel(options.append_queue_appends);
+        let threads = writer::spawn(shared.clone(), recovered, rx)?;
+        Ok(EmbeddedLog {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// Stops taking appends, lets the queued ones finish, stops the threads and flushes the
+    /// index. Appends after this fail with `Closed`. Needed before reopening the same
+    /// directory in one process, because sled holds a lock on it.
+    pub async fn close(&self) -> Result<()> {
+        drop(self.inner.tx.lock().expect("lock").take());
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("lock"));
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                // A panicked thread already failed its appends; closing still completes.
+                let _ = t.join();
+            }
+        })
+        .await
+        .map_err(|e| LedgerError::Backend(e.to_string()))?;
+        let shared = &self.inner.shared;
+        shared.closed.store(true, Ordering::Release);
+        // Wake the subscriptions waiting for new events so that they see the log closed.
+        shared.committed_tx.send_modify(|_| {});
+        shared.index.flush()
+    }
+
+    /// The number of committed events, which is also the position the next one will get.
+    pub fn committed_position(&self) -> u64 {
+        self.inner.shared.committed.load(Ordering::Acquire)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| LedgerError::Backend(e.to_string()))?
+    }
+}
+
+/// Reads up to `max` committed events from `from` on, checking positions as it goes.
+fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<RecordedEvent>> {
+    let committed = shared.committed.load(Ordering::Acquire);
+    if from >= committed || max == 0 {
+        return Ok(Vec::new());
+    }
+    let count = (committed - from).min(max.min(READ_EVENTS_MAX) as u64) as usize;
+    let start = shared.index.location_of(from)?.ok_or_else(|| {
+        LedgerError::Corrupt(format!(
+            "committed position {from} is missing from the index"
+        ))
+    })?;
+    let last_segment = shared.last_segment.load(Ordering::Acquire);
+    let mut reader = SegmentReader::new(shared.storage.as_ref(), start, last_segment);
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let expected = from + out.len() as u64;
+        let Some((e, _, _)) = reader.next_record()? else {
+            return Err(LedgerError::Corrupt(format!(
+                "the log ends before committed position {expected}"
+            )));
+        };
+        if e.position != expected {
+            return Err(LedgerError::Corrupt(format!(
+                "found position {} where {expected} was expected",
+                e.position
+            )));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn read_stream_blocking(
+    shared: &Shared,
+    stream: &str,
+    from_revision: u64,
+    max: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let committed = shared.committed.load(Ordering::Acquire);
+    let entries = shared
+        .index
+        .stream_entries(stream, from_revision, max.min(READ_EVENTS_MAX))?;
+    let mut out: Vec<RecordedEvent> = Vec::with_capacity(entries.len());
+    for (revision, position, location) in entries {
+        if position >= committed {
+            break;
+        }
+        let (e, _) = read_record_at(shared.storage.as_ref(), location)?;
+        if e.stream != stream || e.revision != revision || e.position != position {
+            return Err(LedgerError::Corrupt(format!(
+                "index says {stream:?}@{revision} is position {position}, the log holds \
+                 {:?}@{} at position {}",
+                e.stream, e.revision, e.position
+            )));
+        }
+        if let Some(prev) = out.last() {
+            assert_eq!(e.predecessor_hash, prev.hash, "chain broken inside a read");
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn verify_blocking(shared: &Shared) -> Result<VerifyReport> {
+    let committed = shared.committed.load(Ordering::Acquire);
+    let first_segment = shared
+        .storage
+        .list_segments()?
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let last_segment = shared.last_segment.load(Ordering::Acquire);
+    let mut reader = SegmentReader::new(
+        shared.storage.as_ref(),
+        Location {
+            segment: first_segment,
+            offset: 0,
+        },
+        last_segment,
+    );
+    let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
+    let mut checked = 0u64;
+    let report = |checked, heads: &HashMap<_, _>, first_break| VerifyReport {
+        events_checked: checked,
+        streams_checked: heads.len() as u64,
+        first_break,
+    };
+    while checked < committed {
+        let e = match reader.next_record() {
+            Ok(Some((e, _, _))) => e,
+            Ok(None) => {
+                let b = ChainBreak {
+                    position: checked,
+                    stream: String::new(),
+                    revision: 0,
+                    event_id: None,
+                    reason: "the log ends before the committed position".into(),
+                };
+                return Ok(report(checked, &heads, Some(b)));
+            }
+            Err(e) => {
+                let b = ChainBreak {
+                    position: checked,
+                    stream: String::new(),
+                    revision: 0,
+                    event_id: None,
+                    reason: LedgerError::from(e).to_string(),
+                };
+                return Ok(report(checked, &heads, Some(b)));
+            }
+        };
+        if let Some(reason) = chain_fault(&e, checked, heads.get(&e.stream).copied()) {
+            let b = ChainBreak {
+                position: e.position,
+                stream: e.stream.clone(),
+                revision: e.revision,
+                event_id: Some(e.event_id),
+                reason,
+            };
+            return Ok(report(checked, &heads, Some(b)));
+        }
+        heads.insert(e.stream.clone(), (e.revision, e.hash));
+        checked += 1;
+    }
+    Ok(report(checked, &heads, None))
+}
+
+/// Why `e` does not follow `head` in its stream at `position`, if it does not.
+pub(crate) fn chain_fault(
+    e: &RecordedEvent,
+    position: u64,
+    head: Option<(u64, [u8; 32])>,
+) -> Option<String> {
+    if e.position != position {
+        return Some(format!(
+            "position {} where {position} was expected",
+            e.position
+        ));
+    }
+    let (want_revision, want_hash) = match head {
+        None => (0, GENESIS_HASH),
+        Some((r, h)) => (r + 1, h),
+    };
+    if e.revision != want_revision {
+        return Some(format!(
+            "revision {} where {want_revision} was expected",
+            e.revision
+        ));
+    }
+    if e.predecessor_hash != want_hash {
+        return Some("predecessor hash differs from the previous event's hash".into());
+    }
+    if envelope_hash(e) != e.hash {
+        return Some("own hash does not match the envelope's contents".into());
+    }
+    None
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        if let Some(e) = self.inner.shared.failure() {
+            return Err(e);
+        }
+        let tx = self
+            .inner
+            .tx
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or(LedgerError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            digest: request_digest(stream, &events),
+            stream: Arc::from(stream),
+            expected,
+            events,
+            command_id,
+            reply,
+        };
+        tx.send(req).await.map_err(|_| LedgerError::Closed)?;
+        answer.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let stream = stream.to_owned();
+        self.blocking(move |s| read_stream_blocking(s, &stream, from_revision, max))
+            .await
+    }
+
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<RecordedEvent>> {
+        self.blocking(move |s| read_all_blocking(s, from_position, max))
+            .await
+    }
+
+    async fn subscribe_all(&self, from_position: u64) -> Result<Subscription> {
+        let shared = self.inner.shared.clone();
+        let (tx, rx) = mpsc::channel(shared.options.subscription_buffer_events);
+        let mut committed_rx = shared.committed_tx.subscribe();
+        let task = tokio::spawn(async move {
+            // One loop serves catch-up and live alike: it always reads the committed log
+            // from the next position it owes, so there is no seam to cross.
+            let mut next = from_position;
+            loop {
+                let committed = *committed_rx.borrow_and_update();
+                if next < committed {
+                    let s = shared.clone();
+                    let batch = tokio::task::spawn_blocking(move || {
+                        read_all_blocking(&s, next, SUBSCRIPTION_READ_EVENTS)
+                    })
+                    .await
+                    .map_err(|e| LedgerError::Backend(e.to_string()))
+                    .and_then(|r| r);
+                    match batch {
+                        Ok(events) => {
+                            for e in events {
+                                assert_eq!(e.position, next, "subscription skipped or repeated");
+                                next += 1;
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                } else if shared.closed.load(Ordering::Acquire)
+                    || committed_rx.changed().await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Subscription { rx, task })
+    }
+
+    async fn verify(&self) -> Result<VerifyReport> {
+        self.blocking(verify_blocking).await
+    }
+}

@@ -1,0 +1,193 @@
+//! Opening the log after a clean stop or a crash: cut a torn tail, refuse damage anywhere
+//! else, and bring the index up to the end of the log.
+
+use std::collections::HashMap;
+
+use super::chain_fault;
+use super::index::{Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, IndexStore, Location};
+use super::reader::{ScanError, SegmentReader};
+use crate::envelope::{FLAG_LAST_OF_APPEND, stored_digest};
+use crate::storage::Storage;
+use crate::types::*;
+
+/// Complete appends the catch-up applies to the index per batch.
+const CATCH_UP_BATCH_EVENTS: u64 = 16 * 1024;
+
+/// Where the writer resumes.
+pub(crate) struct Recovered {
+    pub segment: u64,
+    pub segment_len: u64,
+    pub next_position: u64,
+    pub heads: Vec<(String, Head)>,
+}
+
+pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recovered> {
+    let mut segments = storage.list_segments()?;
+    if segments.is_empty() {
+        storage.create_segment(0)?;
+        segments.push(0);
+    }
+    for w in segments.windows(2) {
+        if w[1] != w[0] + 1 {
+            return Err(LedgerError::Corrupt(format!(
+                "segment files {} to {} are missing; refusing to start",
+                w[0] + 1,
+                w[1] - 1
+            )));
+        }
+    }
+    let first = segments[0];
+    let last = *segments.last().expect("at least one segment");
+    let last_len = storage.segment_len(last)?;
+    let cp = index.checkpoint()?.unwrap_or(Checkpoint {
+        next_position: 0,
+        location: Location {
+            segment: first,
+            offset: 0,
+        },
+    });
+    let beyond = cp.location.segment > last
+        || cp.location.segment < first
+        || cp.location.offset > storage.segment_len(cp.location.segment)?;
+    if beyond {
+        return Err(LedgerError::Corrupt(format!(
+            "the index reaches segment {} offset {}, beyond the end of the log; the log lost \
+             synced data, or the index belongs to another log (deleting the index directory \
+             rebuilds it from the log)",
+            cp.location.segment, cp.location.offset
+        )));
+    }
+
+    let mut reader = SegmentReader::new(storage, cp.location, last);
+    // Heads of the streams touched since the checkpoint, over the index's heads.
+    let mut heads: HashMap<String, Head> = HashMap::new();
+    // The records of the append being read, until its last record shows it complete.
+    let mut pending: Vec<(RecordedEvent, Location)> = Vec::new();
+    let mut complete_end = cp.location;
+    let mut next_position = cp.next_position;
+    let mut batch = IndexBatch::default();
+    loop {
+        let (e, flags, location) = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Bad { location, reason }) => {
+                // Only the last group commit can be torn, and the writer never has more
+                // than APPEND_BYTES_MAX unsynced bytes; damage further back is not a
+                // crash's doing.
+                let tail = location.segment == last
+                    && last_len.saturating_sub(location.offset) <= APPEND_BYTES_MAX as u64;
+                if tail {
+                    break;
+                }
+                return Err(LedgerError::Corrupt(format!(
+                    "bad record in segment {} at offset {}: {reason}; it is not the torn tail \
+                     of the last write, so the log is damaged and the ledger refuses to start",
+                    location.segment, location.offset
+                )));
+            }
+        };
+        let position = next_position + pending.len() as u64;
+        let head = match pending.last() {
+            Some((p, _)) => {
+                if p.stream != e.stream {
+                    return Err(LedgerError::Corrupt(format!(
+                        "append at position {position} mixes streams {:?} and {:?}",
+                        p.stream, e.stream
+                    )));
+                }
+                Some((p.revision, p.hash))
+            }
+            None => match heads.get(&e.stream) {
+                Some(h) => Some((h.revision, h.hash)),
+                None => index.head(&e.stream)?.map(|h| (h.revision, h.hash)),
+            },
+        };
+        if let Some(reason) = chain_fault(&e, position, head) {
+            return Err(LedgerError::Corrupt(format!(
+                "record in segment {} at offset {} ({:?}@{}): {reason}",
+                location.segment, location.offset, e.stream, e.revision
+            )));
+        }
+        pending.push((e, location));
+        if flags & FLAG_LAST_OF_APPEND == 0 {
+            continue;
+        }
+        // The append is complete: it survives, and goes into the index.
+        let first_e = &pending[0].0;
+        let last_e = &pending[pending.len() - 1].0;
+        let stream: std::sync::Arc<str> = std::sync::Arc::from(first_e.stream.as_str());
+        let digest = stored_digest(pending.iter().map(|(e, _)| e));
+        let rec = CommandRecord {
+            stream: first_e.stream.clone(),
+            digest,
+            result: AppendResult {
+                first_position: first_e.position,
+                last_position: last_e.position,
+                next_expected_revision: last_e.revision,
+            },
+        };
+        batch.add_command(first_e.command_id, &rec);
+        for (e, loc) in &pending {
+            batch.add_event(
+                &EventEntry {
+                    position: e.position,
+                    location: *loc,
+                    stream: stream.clone(),
+                    revision: e.revision,
+                },
+                e.hash,
+            );
+        }
+        heads.insert(
+            last_e.stream.clone(),
+            Head {
+                revision: last_e.revision,
+                hash: last_e.hash,
+            },
+        );
+        next_position += pending.len() as u64;
+        pending.clear();
+        complete_end = reader.location();
+        if batch.events >= CATCH_UP_BATCH_EVENTS {
+            let cp = Checkpoint {
+                next_position,
+                location: complete_end,
+            };
+            index.apply(std::mem::take(&mut batch).finish(cp))?;
+        }
+    }
+    if let Some((_, loc)) = pending.first()
+        && loc.segment != last
+    {
+        return Err(LedgerError::Corrupt(format!(
+            "segment {} ends inside an append; refusing to start",
+            loc.segment
+        )));
+    }
+    // Cut everything after the last complete append: the torn or half-written last group,
+    // none of which was acknowledged.
+    for seg in (complete_end.segment..=last).rev() {
+        let keep = if seg == complete_end.segment {
+            complete_end.offset
+        } else {
+            0
+        };
+        if storage.segment_len(seg)? > keep {
+            storage.truncate_segment(seg, keep)?;
+        }
+    }
+    if batch.events > 0 {
+        let cp = Checkpoint {
+            next_position,
+            location: complete_end,
+        };
+        index.apply(batch.finish(cp))?;
+    }
+    Ok(Recovered {
+        segment: last,
+        segment_len: storage.segment_len(last)?,
+        next_position,
+        heads: index.all_heads()?,
+    })
+}

@@ -1,0 +1,346 @@
+//! The single writer (group commit) and the indexer behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::index::{Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, Location};
+use super::recovery::Recovered;
+use super::{INDEX_QUEUE_GROUPS, Shared};
+use crate::envelope::{FLAG_LAST_OF_APPEND, encode_record, record_bytes, seal};
+use crate::types::*;
+
+/// Once the writer's table of commands not yet indexed grows past this, it drops the
+/// entries the index already holds.
+const RECENT_COMMANDS_PRUNE_AT: usize = 4096;
+
+/// One append waiting for the writer.
+pub(crate) struct AppendRequest {
+    pub stream: Arc<str>,
+    pub expected: ExpectedRevision,
+    pub events: Vec<NewEvent>,
+    pub command_id: Uuid,
+    pub digest: [u8; 32],
+    pub reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+type Reply = (oneshot::Sender<Result<AppendResult>>, Result<AppendResult>);
+
+/// A synced group on its way to the indexer: its index entries and its answers.
+struct SyncedGroup {
+    kvs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    next_position: u64,
+    replies: Vec<Reply>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    segment: u64,
+    segment_len: u64,
+    next_position: u64,
+    heads: HashMap<Arc<str>, Head>,
+    /// Commands written but perhaps not yet in the index, so that a retry that arrives
+    /// before the index catches up is still recognised.
+    recent_commands: HashMap<Uuid, CommandRecord>,
+    /// Set after a failed write or sync: nothing can be trusted to be on disk any more
+    /// (a failed fsync may have dropped dirty pages), so every later append fails.
+    poisoned: Option<LedgerError>,
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    recovered: Recovered,
+    rx: mpsc::Receiver<AppendRequest>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let (index_tx, index_rx) = std_mpsc::sync_channel(INDEX_QUEUE_GROUPS);
+    let writer = Writer {
+        shared: shared.clone(),
+        segment: recovered.segment,
+        segment_len: recovered.segment_len,
+        next_position: recovered.next_position,
+        heads: recovered
+            .heads
+            .into_iter()
+            .map(|(s, h)| (Arc::from(s.as_str()), h))
+            .collect(),
+        recent_commands: HashMap::new(),
+        poisoned: None,
+    };
+    let w = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || writer.run(rx, index_tx))?;
+    let i = std::thread::Builder::new()
+        .name("ledger-indexer".into())
+        .spawn(move || run_indexer(shared, index_rx))?;
+    Ok(vec![w, i])
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<AppendRequest>,
+        index_tx: std_mpsc::SyncSender<SyncedGroup>,
+    ) {
+        let group_max = self.shared.options.group_appends_max;
+        while let Some(first) = rx.blocking_recv() {
+            // Take whatever else is already queued, up to the group bounds: these appends
+            // share one write and one fdatasync.
+            let mut group_bytes = request_bytes(&first);
+            let mut group = vec![first];
+            while group.len() < group_max && group_bytes < APPEND_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        let b = request_bytes(&r);
+                        if group_bytes + b > APPEND_BYTES_MAX {
+                            // Over the group's byte bound: it starts the next group.
+                            let synced = self.commit_group(group);
+                            if index_tx.send(synced).is_err() {
+                                return;
+                            }
+                            group = Vec::new();
+                            group_bytes = 0;
+                        }
+                        group_bytes += b;
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let synced = self.commit_group(group);
+            if index_tx.send(synced).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn lookup_command(&self, id: Uuid) -> Result<Option<CommandRecord>> {
+        if let Some(r) = self.recent_commands.get(&id) {
+            return Ok(Some(r.clone()));
+        }
+        self.shared.index.command(id)
+    }
+
+    /// Writes and syncs one group; returns what the indexer must apply and answer.
+    fn commit_group(&mut self, group: Vec<AppendRequest>) -> SyncedGroup {
+        if let Some(e) = self.poisoned.clone().or_else(|| self.shared.failure()) {
+            self.poisoned = Some(e.clone());
+            return SyncedGroup {
+                kvs: None,
+                next_position: self.next_position,
+                replies: group
+                    .into_iter()
+                    .map(|r| (r.reply, Err(e.clone())))
+                    .collect(),
+            };
+        }
+        let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+        let mut batch = IndexBatch::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut failure: Option<LedgerError> = None;
+        for req in group {
+            if failure.is_some() {
+                replies.push((req.reply, Err(LedgerError::Closed)));
+                continue;
+            }
+            match self.plan_append(&req, &mut buf, &mut batch) {
+                Ok(answer) => replies.push((req.reply, answer)),
+                Err(e) => {
+                    failure = Some(e.clone());
+                    replies.push((req.reply, Err(e)));
+                }
+            }
+        }
+        if failure.is_none()
+            && !buf.is_empty()
+            && let Err(e) = self.write_and_sync(&buf)
+        {
+            failure = Some(e);
+        }
+        if let Some(e) = failure {
+            // Nothing of this group may be acknowledged: its bytes may or may not be on
+            // disk, and recovery on the next open decides which complete appends survive.
+            self.shared.fail(e.clone());
+            self.poisoned = Some(e.clone());
+            return SyncedGroup {
+                kvs: None,
+                next_position: self.next_position,
+                replies: replies
+                    .into_iter()
+                    .map(|(tx, _)| (tx, Err(e.clone())))
+                    .collect(),
+            };
+        }
+        if self.recent_commands.len() > RECENT_COMMANDS_PRUNE_AT {
+            let committed = self.shared.committed.load(Ordering::Acquire);
+            self.recent_commands
+                .retain(|_, r| r.result.last_position >= committed);
+        }
+        let cp = Checkpoint {
+            next_position: self.next_position,
+            location: Location {
+                segment: self.segment,
+                offset: self.segment_len,
+            },
+        };
+        SyncedGroup {
+            kvs: (batch.events > 0).then(|| batch.finish(cp)),
+            next_position: self.next_position,
+            replies,
+        }
+    }
+
+    /// Checks one append and encodes it into `buf`. The outer error is an operating
+    /// failure (I/O, index) that poisons the writer; the inner one is this append's answer.
+    fn plan_append(
+        &mut self,
+        req: &AppendRequest,
+        buf: &mut Vec<u8>,
+        batch: &mut IndexBatch,
+    ) -> Result<Result<AppendResult>> {
+        if let Some(rec) = self.lookup_command(req.command_id)? {
+            return Ok(if rec.digest == req.digest && *rec.stream == *req.stream {
+                Ok(rec.result)
+            } else {
+                Err(LedgerError::CommandIdReused {
+                    command_id: req.command_id,
+                    stream: rec.stream,
+                })
+            });
+        }
+        let head = self.heads.get(&req.stream).copied();
+        let current = match head {
+            None => CurrentRevision::NoStream,
+            Some(h) => CurrentRevision::Current(h.revision),
+        };
+        if !req.expected.matches(current) {
+            return Ok(Err(LedgerError::WrongExpectedVersion {
+                stream: req.stream.to_string(),
+                expected: req.expected,
+                actual: current,
+            }));
+        }
+        let bytes = request_bytes(req) as u64;
+        let used = self.segment_len + buf.len() as u64;
+        if used > 0 && used + bytes > self.shared.options.segment_size_bytes {
+            // An append never straddles two segments: finish this one first.
+            if !buf.is_empty() {
+                self.write_and_sync(buf)?;
+                buf.clear();
+            }
+            self.segment += 1;
+            self.shared.storage.create_segment(self.segment)?;
+            self.segment_len = 0;
+            self.shared
+                .last_segment
+                .store(self.segment, Ordering::Release);
+        }
+        let first_position = self.next_position;
+        let mut revision = head.map_or(0, |h| h.revision + 1);
+        let mut prev_hash = head.map_or(crate::envelope::GENESIS_HASH, |h| h.hash);
+        let n = req.events.len();
+        for (i, ev) in req.events.iter().enumerate() {
+            let location = Location {
+                segment: self.segment,
+                offset: self.segment_len + buf.len() as u64,
+            };
+            let e = seal(
+                &req.stream,
+                revision,
+                self.next_position,
+                req.command_id,
+                prev_hash,
+                ev,
+            );
+            let flags = if i + 1 == n { FLAG_LAST_OF_APPEND } else { 0 };
+            encode_record(buf, &e, flags);
+            batch.add_event(
+                &EventEntry {
+                    position: self.next_position,
+                    location,
+                    stream: req.stream.clone(),
+                    revision,
+                },
+                e.hash,
+            );
+            prev_hash = e.hash;
+            revision += 1;
+            self.next_position += 1;
+        }
+        let result = AppendResult {
+            first_position,
+            last_position: self.next_position - 1,
+            next_expected_revision: revision - 1,
+        };
+        self.heads.insert(
+            req.stream.clone(),
+            Head {
+                revision: revision - 1,
+                hash: prev_hash,
+            },
+        );
+        let rec = CommandRecord {
+            stream: req.stream.to_string(),
+            digest: req.digest,
+            result,
+        };
+        batch.add_command(req.command_id, &rec);
+        self.recent_commands.insert(req.command_id, rec);
+        Ok(Ok(result))
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<()> {
+        let storage = &self.shared.storage;
+        storage.append(self.segment, buf)?;
+        storage.sync_segment(self.segment)?;
+        self.segment_len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn request_bytes(r: &AppendRequest) -> usize {
+    r.events.iter().map(|e| record_bytes(&r.stream, e)).sum()
+}
+
+fn run_indexer(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncedGroup>) {
+    for group in rx {
+        apply_group(&shared, group);
+    }
+}
+
+/// Applies a synced group's index entries, publishes the committed position and answers.
+fn apply_group(shared: &Shared, group: SyncedGroup) {
+    let mut replies = group.replies;
+    if let Some(kvs) = group.kvs {
+        let applied = match shared.failure() {
+            Some(e) => Err(e),
+            None => shared.index.apply(kvs),
+        };
+        match applied {
+            Ok(()) => {
+                let before = shared.committed.load(Ordering::Acquire);
+                assert!(group.next_position > before, "committed position went back");
+                shared
+                    .committed
+                    .store(group.next_position, Ordering::Release);
+                shared.committed_tx.send_replace(group.next_position);
+            }
+            Err(e) => {
+                // The group is durable in the log but not readable; refuse to go on
+                // so that the next open rebuilds the index from the log.
+                shared.fail(e.clone());
+                for r in &mut replies {
+                    r.1 = Err(e.clone());
+                }
+            }
+        }
+    }
+    for (tx, answer) in replies {
+        // The appender may have given up waiting; the append stands regardless.
+        let _ = tx.send(answer);
+    }
+}
