@@ -1,2 +1,506 @@
-//! Read models built from the event log. They arrive with issue 4; until then this crate
-//! only reserves its place in the workspace.
+//! Read models built from the event log alone (ARCHITECTURE.md: "the log is the only
+//! truth"). A projector feeds `ProjectedEvent`s in log order to `Projections::apply_batch`;
+//! queries (SPEC §11) read sled. Every batch is written atomically with the checkpoint
+//! (AUD-6), the read models have a deterministic digest (AUD-5), and a projection whose
+//! schema changes is rebuilt into a fresh generation and swapped in (docs/projections.md).
+
+mod apply;
+mod cache;
+mod keys;
+mod queries;
+mod records;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::Actor;
+use domain::events::Event;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+pub use queries::{
+    Bucket, LicenseView, ListUsersRequest, MemberView, PAGE_TOKEN_LENGTH_MAX_CHARS, UsageBucket,
+    UserLicense, UsersPage,
+};
+pub use records::StatusCounts;
+
+/// The version of the key layout and record encodings. Changing it makes `open` report
+/// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
+pub const PROJECTION_SCHEMA_VERSION: u32 = 1;
+/// The most events one `apply_batch` takes. It bounds the memory of one computed batch.
+pub const APPLY_BATCH_EVENTS_MAX: usize = 10_000;
+/// Q-2: the most rows one ListUsers page holds.
+pub const LIST_USERS_PAGE_SIZE_MAX: usize = 1_000;
+/// Q-2: a pattern search whose matches are at most this many sorts them in memory; more
+/// matches are read through the sort index instead, where a page fills quickly.
+pub const LIST_USERS_CANDIDATES_IN_MEMORY_MAX: usize = 20_000;
+/// How many licenses keep their email list in memory for `%pattern%` searches.
+pub const EMAIL_CACHE_LICENSES_MAX: usize = 32;
+/// How often `open` retries a directory whose lock a just-dropped `Projections` still
+/// holds, and how long it waits between tries (two seconds in all).
+const OPEN_LOCK_ATTEMPTS_MAX: u32 = 200;
+const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// Q-5: the most buckets one usage query answers.
+pub const USAGE_BUCKETS_MAX: usize = 1_000;
+/// Q-6: the most positions one history page holds.
+pub const HISTORY_PAGE_SIZE_MAX: usize = 10_000;
+/// Q-3, Q-4: the most licenses or domains listed for one user.
+pub const USER_LISTING_ROWS_MAX: usize = 10_000;
+
+/// One event of the log as the projections need it. The server converts the ledger's
+/// envelopes into these, so this crate does not depend on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectedEvent {
+    /// Global log position, strictly increasing.
+    pub position: u64,
+    /// `license-<id>` or `domain-<name>`.
+    pub stream: String,
+    /// Revision within the stream.
+    pub revision: u64,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: Actor,
+    pub event: Event,
+}
+
+/// Why a projection operation failed. Bugs (an event applied twice) are assertions, not
+/// errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("the projection store failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("a stored {what} does not decode ({reason}); rebuild the projections from the log")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("the stream name '{0}' is neither license-<id> nor domain-<name>")]
+    UnknownStream(String),
+    #[error("a batch of {events} events is too large; at most {max} are applied at once")]
+    BatchTooLarge { events: usize, max: usize },
+    #[error("the page size must be 1 to {max}, not {requested}")]
+    InvalidPageSize { requested: usize, max: usize },
+    #[error(
+        "the page token is malformed or belongs to another sort order; start from the first page"
+    )]
+    InvalidPageToken,
+    #[error("the search pattern is not valid: {0}")]
+    InvalidPattern(String),
+    #[error("license not found: check the license id")]
+    LicenseNotFound,
+    #[error("the usage range is empty: 'from' must be earlier than 'to'")]
+    EmptyRange,
+    #[error("the usage range spans {buckets} buckets; at most {max} are answered at once")]
+    TooManyBuckets { buckets: usize, max: usize },
+    #[error(
+        "the rebuild has applied up to position {rebuild}, behind the live projections at {live}; apply the rest first"
+    )]
+    RebuildBehind { rebuild: u64, live: u64 },
+}
+
+/// `wait_for` gave up: the projections had not reached the position in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the projections reached position {checkpoint}, not {position}, within the timeout")]
+pub struct WaitTimeout {
+    pub position: u64,
+    pub checkpoint: u64,
+}
+
+/// A column Q-2 sorts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SortColumn {
+    Email,
+    Status,
+    Source,
+    Role,
+    AddedAt,
+    AddedBy,
+}
+
+impl SortColumn {
+    /// The columns with a sort index; email order is the member tree itself.
+    pub(crate) const INDEXED: [SortColumn; 5] = [
+        SortColumn::Status,
+        SortColumn::Source,
+        SortColumn::Role,
+        SortColumn::AddedAt,
+        SortColumn::AddedBy,
+    ];
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Email => 0,
+            Self::Status => 1,
+            Self::Source => 2,
+            Self::Role => 3,
+            Self::AddedAt => 4,
+            Self::AddedBy => 5,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        [
+            Self::Email,
+            Self::Status,
+            Self::Source,
+            Self::Role,
+            Self::AddedAt,
+            Self::AddedBy,
+        ]
+        .into_iter()
+        .find(|column| column.code() == code)
+    }
+
+    /// The API names of the columns.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "email" => Some(Self::Email),
+            "status" => Some(Self::Status),
+            "source" => Some(Self::Source),
+            "role" => Some(Self::Role),
+            "added_at" => Some(Self::AddedAt),
+            "added_by" => Some(Self::AddedBy),
+            _ => None,
+        }
+    }
+}
+
+/// The sha256 of one read model's keys and values in key order (AUD-5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadModelDigest {
+    pub read_model: &'static str,
+    pub sha256: [u8; 32],
+}
+
+impl ReadModelDigest {
+    pub fn to_hex(&self) -> String {
+        self.sha256
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+/// One generation: a sled tree holding every read model and its checkpoint.
+pub(crate) struct Generation {
+    name: String,
+    tree: sled::Tree,
+    /// The projector is the only writer; the lock turns a second concurrent writer, which
+    /// would be a bug, into waiting instead of a corrupted batch.
+    writer: Mutex<()>,
+    emails: cache::EmailCache,
+}
+
+const GENERATION_TREE_PREFIX: &str = "generation-";
+const META_TREE: &str = "meta";
+const META_CURRENT_KEY: &[u8] = b"current";
+
+impl Generation {
+    fn open(db: &sled::Db, name: String) -> Result<Self, ProjectionError> {
+        let tree = db.open_tree(name.as_bytes())?;
+        Ok(Self {
+            name,
+            tree,
+            writer: Mutex::new(()),
+            emails: cache::EmailCache::default(),
+        })
+    }
+
+    fn schema_version(&self) -> Result<Option<u32>, ProjectionError> {
+        let Some(bytes) = self.tree.get(keys::schema_key())? else {
+            return Ok(None);
+        };
+        let array: [u8; 4] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| ProjectionError::Corrupt {
+                what: "schema version",
+                reason: "not four bytes".into(),
+            })?;
+        Ok(Some(u32::from_be_bytes(array)))
+    }
+
+    fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        let Some(bytes) = self.tree.get(keys::checkpoint_key())? else {
+            return Ok(0);
+        };
+        let array: [u8; 8] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| ProjectionError::Corrupt {
+                what: "checkpoint",
+                reason: "not eight bytes".into(),
+            })?;
+        Ok(u64::from_be_bytes(array))
+    }
+
+    /// AUD-6: the batch and its checkpoint in one atomic sled write.
+    fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
+        if events.len() > APPLY_BATCH_EVENTS_MAX {
+            return Err(ProjectionError::BatchTooLarge {
+                events: events.len(),
+                max: APPLY_BATCH_EVENTS_MAX,
+            });
+        }
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let checkpoint = self.checkpoint()?;
+        let Some(last) = events.last() else {
+            return Ok(checkpoint);
+        };
+        let mut previous = checkpoint;
+        for event in events {
+            // Applying a position twice or out of order would double-count members; it
+            // can only come from a projector bug, so it stops the process.
+            assert!(
+                event.position > previous,
+                "position {} applied after {previous}: positions must strictly increase past the checkpoint",
+                event.position
+            );
+            previous = event.position;
+        }
+        let mut applier = apply::BatchApplier::new(&self.tree);
+        for event in events {
+            applier.apply(event)?;
+        }
+        let (batch, changes) = applier.finish(last.position);
+        self.tree.apply_batch(batch)?;
+        // The in-memory email lists follow only after the write, so a reader that loads
+        // a list meanwhile sees the stored state and these idempotent changes fix it up.
+        self.emails.apply(&changes);
+        Ok(last.position)
+    }
+
+    fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
+        let mut digests = Vec::with_capacity(keys::READ_MODELS.len());
+        for (prefix, read_model) in keys::READ_MODELS {
+            let mut hasher = Sha256::new();
+            for item in self.tree.scan_prefix([*prefix]) {
+                let (key, value) = item?;
+                hasher.update((key.len() as u64).to_be_bytes());
+                hasher.update(&key);
+                hasher.update((value.len() as u64).to_be_bytes());
+                hasher.update(&value);
+            }
+            digests.push(ReadModelDigest {
+                read_model,
+                sha256: hasher.finalize().into(),
+            });
+        }
+        Ok(digests)
+    }
+}
+
+/// Every read model, in one sled database. Cheap to share behind an `Arc`: queries take
+/// `&self`, and the one projector calls `apply_batch`.
+pub struct Projections {
+    db: sled::Db,
+    meta: sled::Tree,
+    current: RwLock<Arc<Generation>>,
+    schema_version: u32,
+    checkpoint: watch::Sender<u64>,
+}
+
+/// A generation being rebuilt from the log while the current one keeps answering.
+pub struct Rebuild {
+    generation: Arc<Generation>,
+}
+
+impl Rebuild {
+    /// Applies the next events of the log, from position 1 on, as `Projections::apply_batch`.
+    pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
+        self.generation.apply_batch(events)
+    }
+
+    pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.generation.checkpoint()
+    }
+
+    pub fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
+        self.generation.digest()
+    }
+
+    pub fn generation_name(&self) -> &str {
+        &self.generation.name
+    }
+}
+
+impl Projections {
+    /// Opens (or creates) the projections in a directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ProjectionError> {
+        Self::open_with_schema_version(path, PROJECTION_SCHEMA_VERSION)
+    }
+
+    /// Opens as a binary whose layout is `schema_version` would; tests use it to see a
+    /// schema change trigger a rebuild.
+    pub fn open_with_schema_version(
+        path: impl AsRef<Path>,
+        schema_version: u32,
+    ) -> Result<Self, ProjectionError> {
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new().path(path.as_ref()).open() {
+                Ok(db) => break db,
+                // sled finishes its last buffer writes on background threads after a
+                // `Db` is dropped, and they hold the directory's lock until done; a reopen
+                // in the same process (a restart of the projector, the tests) waits for
+                // them instead of failing.
+                Err(sled::Error::Io(error))
+                    if error.to_string().contains("could not acquire lock")
+                        && attempts < OPEN_LOCK_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(OPEN_LOCK_RETRY_INTERVAL);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        Self::from_db(db, schema_version)
+    }
+
+    /// Projections in a temporary sled database that disappears when dropped: the replay
+    /// tool applies the log up to a position or a time into one and queries it (AUD-5).
+    pub fn open_temporary() -> Result<Self, ProjectionError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db, PROJECTION_SCHEMA_VERSION)
+    }
+
+    fn from_db(db: sled::Db, schema_version: u32) -> Result<Self, ProjectionError> {
+        let meta = db.open_tree(META_TREE)?;
+        let current = match meta.get(META_CURRENT_KEY)? {
+            Some(name) => {
+                let name =
+                    String::from_utf8(name.to_vec()).map_err(|_| ProjectionError::Corrupt {
+                        what: "generation pointer",
+                        reason: "not UTF-8".into(),
+                    })?;
+                Generation::open(&db, name)?
+            }
+            None => {
+                let generation = Self::create_generation(&db, schema_version)?;
+                meta.insert(META_CURRENT_KEY, generation.name.as_bytes())?;
+                generation
+            }
+        };
+        // A rebuild that was under way when the process stopped left a tree nobody points
+        // at; it starts over from position zero next time, so its tree goes.
+        for name in db.tree_names() {
+            let is_generation = name.starts_with(GENERATION_TREE_PREFIX.as_bytes());
+            if is_generation && name.as_ref() != current.name.as_bytes() {
+                db.drop_tree(name)?;
+            }
+        }
+        let checkpoint = current.checkpoint()?;
+        Ok(Self {
+            db,
+            meta,
+            current: RwLock::new(Arc::new(current)),
+            schema_version,
+            checkpoint: watch::Sender::new(checkpoint),
+        })
+    }
+
+    fn create_generation(
+        db: &sled::Db,
+        schema_version: u32,
+    ) -> Result<Generation, ProjectionError> {
+        let name = format!(
+            "{GENERATION_TREE_PREFIX}{schema_version:010}-{:020}",
+            db.generate_id()?
+        );
+        let generation = Generation::open(db, name)?;
+        generation
+            .tree
+            .insert(keys::schema_key(), schema_version.to_be_bytes().to_vec())?;
+        Ok(generation)
+    }
+
+    pub(crate) fn generation(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The last applied position; the projector resumes after it (AUD-6).
+    pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.generation().checkpoint()
+    }
+
+    /// Applies the next events of the log atomically with the checkpoint (AUD-6) and
+    /// returns the new checkpoint. Positions must be strictly greater than the checkpoint
+    /// and strictly increasing: anything else is a projector bug and panics.
+    pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
+        let checkpoint = self.generation().apply_batch(events)?;
+        self.checkpoint.send_replace(checkpoint);
+        Ok(checkpoint)
+    }
+
+    /// Read-your-writes: returns once the projections have applied `position`, or
+    /// `WaitTimeout` after `timeout`.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), WaitTimeout> {
+        let mut receiver = self.checkpoint.subscribe();
+        let reached = tokio::time::timeout(timeout, receiver.wait_for(|at| *at >= position)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives in `self`, so the channel cannot close while we wait.
+            Ok(Err(_)) | Err(_) => Err(WaitTimeout {
+                position,
+                checkpoint: *self.checkpoint.borrow(),
+            }),
+        }
+    }
+
+    /// A receiver of the checkpoint, for callers that follow it themselves.
+    pub fn subscribe_checkpoint(&self) -> watch::Receiver<u64> {
+        self.checkpoint.subscribe()
+    }
+
+    /// AUD-5: one sha256 per read model over its keys and values in order.
+    pub fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
+        self.generation().digest()
+    }
+
+    /// The name of the generation answering queries.
+    pub fn generation_name(&self) -> String {
+        self.generation().name.clone()
+    }
+
+    /// True when the stored generation was built by another schema version: the projector
+    /// should rebuild (the old generation keeps answering meanwhile).
+    pub fn needs_rebuild(&self) -> Result<bool, ProjectionError> {
+        Ok(self.generation().schema_version()? != Some(self.schema_version))
+    }
+
+    /// Starts a fresh generation for this schema version. Feed it the log from position 1
+    /// with `Rebuild::apply_batch`, then `finish_rebuild`.
+    pub fn begin_rebuild(&self) -> Result<Rebuild, ProjectionError> {
+        let generation = Self::create_generation(&self.db, self.schema_version)?;
+        Ok(Rebuild {
+            generation: Arc::new(generation),
+        })
+    }
+
+    /// Swaps a rebuilt generation in: one write of the pointer in the meta tree, then the
+    /// in-memory switch. The rebuild must have caught up with the live checkpoint.
+    /// Queries already running on the old generation finish on it; its tree is dropped
+    /// now when nobody holds it any more, else at the next `open`.
+    pub fn finish_rebuild(&self, rebuild: Rebuild) -> Result<(), ProjectionError> {
+        let live = self.checkpoint()?;
+        let rebuilt = rebuild.checkpoint()?;
+        if rebuilt < live {
+            return Err(ProjectionError::RebuildBehind {
+                rebuild: rebuilt,
+                live,
+            });
+        }
+        self.meta
+            .insert(META_CURRENT_KEY, rebuild.generation.name.as_bytes())?;
+        // The pointer must be on disk before the old tree goes, or a crash in between
+        // would leave the pointer naming a dropped tree.
+        self.db.flush()?;
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *current, rebuild.generation)
+        };
+        if Arc::strong_count(&old) == 1 {
+            self.db.drop_tree(old.name.as_bytes())?;
+        }
+        self.checkpoint.send_replace(rebuilt);
+        Ok(())
+    }
+}

@@ -1,0 +1,545 @@
+//! Folding a batch of events into one generation. The whole batch is computed in memory
+//! over the stored state (the projector is the only writer, so nothing changes underneath)
+//! and then written with one `Tree::apply_batch` that also carries the checkpoint (AUD-6).
+//! The fold mirrors `domain::License::apply`, so the read models agree with the aggregate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use domain::events::Event;
+use domain::{Actor, DomainName, Email, LicenseId, Role, Secret, Source, Status};
+use sha2::{Digest as _, Sha256};
+
+use crate::keys::{self, *};
+use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode, encode};
+use crate::{ProjectedEvent, ProjectionError, SortColumn};
+
+/// The stream an event belongs to, parsed from its name.
+pub(crate) enum StreamName {
+    License(LicenseId),
+    Domain(DomainName),
+}
+
+impl StreamName {
+    pub(crate) fn parse(stream: &str) -> Result<Self, ProjectionError> {
+        let unknown = || ProjectionError::UnknownStream(stream.chars().take(80).collect());
+        if let Some(id) = stream.strip_prefix("license-") {
+            LicenseId::parse(id)
+                .map(Self::License)
+                .map_err(|_| unknown())
+        } else if let Some(name) = stream.strip_prefix("domain-") {
+            DomainName::parse(name)
+                .map(Self::Domain)
+                .map_err(|_| unknown())
+        } else {
+            Err(unknown())
+        }
+    }
+}
+
+/// sha256 of a secret: the lookups keep the hash, never the secret (KEY-1, LINK-1).
+pub(crate) fn secret_hash(secret: &Secret) -> [u8; 32] {
+    Sha256::digest(secret.expose().as_bytes()).into()
+}
+
+/// The bytes a member sorts by in the sort index of `column`. Strings sort as the
+/// reference does (by their names); times sort chronologically.
+pub(crate) fn sort_value(column: SortColumn, member: &MemberRecord) -> Vec<u8> {
+    match column {
+        SortColumn::Email => Vec::new(),
+        SortColumn::Status => member.status.as_str().as_bytes().to_vec(),
+        SortColumn::Source => member.source.as_str().as_bytes().to_vec(),
+        SortColumn::Role => member.role.as_str().as_bytes().to_vec(),
+        SortColumn::AddedAt => time_bytes(member.added_at).to_vec(),
+        SortColumn::AddedBy => member.added_by.to_string().into_bytes(),
+    }
+}
+
+/// Seconds (sign bit flipped) and nanoseconds, big-endian: byte order is time order.
+pub(crate) fn time_bytes(at: DateTime<Utc>) -> [u8; 12] {
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&((at.timestamp() as u64) ^ (1 << 63)).to_be_bytes());
+    bytes[8..].copy_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
+    bytes
+}
+
+pub(crate) fn day_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(86_400)
+}
+
+/// A member's presence changed on a license: the in-memory email lists follow.
+pub(crate) struct MembershipChange {
+    pub license: String,
+    pub email: String,
+    pub present: bool,
+}
+
+pub(crate) struct BatchApplier<'t> {
+    tree: &'t sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Decoded license records touched by the batch; `None` for one that does not exist.
+    licenses: HashMap<String, Option<LicenseRecord>>,
+    members: HashMap<(String, String), Option<MemberRecord>>,
+    pub(crate) changes: Vec<MembershipChange>,
+}
+
+impl<'t> BatchApplier<'t> {
+    pub(crate) fn new(tree: &'t sled::Tree) -> Self {
+        Self {
+            tree,
+            writes: BTreeMap::new(),
+            licenses: HashMap::new(),
+            members: HashMap::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        if let Some(pending) = self.writes.get(key) {
+            return Ok(pending.clone());
+        }
+        Ok(self.tree.get(key)?.map(|value| value.to_vec()))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn take_license(&mut self, id: &str) -> Result<Option<LicenseRecord>, ProjectionError> {
+        match self.licenses.remove(id) {
+            Some(record) => Ok(record),
+            None => self
+                .raw(&single(PREFIX_LICENSE, id.as_bytes()))?
+                .map(|bytes| decode("license record", &bytes))
+                .transpose(),
+        }
+    }
+
+    fn member(
+        &mut self,
+        license: &str,
+        email: &str,
+    ) -> Result<Option<MemberRecord>, ProjectionError> {
+        let cache_key = (license.to_owned(), email.to_owned());
+        if let Some(member) = self.members.get(&cache_key) {
+            return Ok(member.clone());
+        }
+        let member: Option<MemberRecord> = self
+            .raw(&pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes()))?
+            .map(|bytes| decode("member record", &bytes))
+            .transpose()?;
+        self.members.insert(cache_key, member.clone());
+        Ok(member)
+    }
+
+    /// Writes every record the batch changed and the checkpoint into one sled batch.
+    pub(crate) fn finish(mut self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
+        for (id, record) in std::mem::take(&mut self.licenses) {
+            let key = single(PREFIX_LICENSE, id.as_bytes());
+            if let Some(record) = record {
+                self.put(key, encode(&record));
+            }
+        }
+        for ((license, email), member) in std::mem::take(&mut self.members) {
+            let key = pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes());
+            match member {
+                Some(member) => self.put(key, encode(&member)),
+                None => self.delete(key),
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
+        (batch, self.changes)
+    }
+
+    pub(crate) fn apply(&mut self, projected: &ProjectedEvent) -> Result<(), ProjectionError> {
+        match StreamName::parse(&projected.stream)? {
+            StreamName::License(id) => self.apply_license(&id, projected),
+            StreamName::Domain(name) => self.apply_domain(&name, projected),
+        }
+    }
+
+    fn record_user_history(&mut self, projected: &ProjectedEvent) {
+        if let Some(email) = projected.event.member_email() {
+            self.put(
+                positioned(
+                    PREFIX_HISTORY_USER,
+                    email.as_str().as_bytes(),
+                    projected.position,
+                ),
+                Vec::new(),
+            );
+        }
+    }
+
+    fn apply_domain(
+        &mut self,
+        name: &DomainName,
+        projected: &ProjectedEvent,
+    ) -> Result<(), ProjectionError> {
+        self.record_user_history(projected);
+        let domain = name.as_str().as_bytes();
+        match &projected.event {
+            Event::DomainAdminGranted(e) => {
+                let email = e.email.as_str().as_bytes();
+                self.put(pair(PREFIX_DOMAIN_ADMIN, domain, email), Vec::new());
+                self.put(pair(PREFIX_USER_DOMAIN, email, domain), Vec::new());
+            }
+            Event::DomainAdminRevoked(e) => {
+                let email = e.email.as_str().as_bytes();
+                self.delete(pair(PREFIX_DOMAIN_ADMIN, domain, email));
+                self.delete(pair(PREFIX_USER_DOMAIN, email, domain));
+            }
+            Event::DomainClaimed(e) => self.put(
+                single(PREFIX_CLAIM, domain),
+                e.license.as_str().as_bytes().to_vec(),
+            ),
+            Event::DomainReleased(e) => self.release_claim(domain, &e.license)?,
+            other => debug_assert!(false, "{} on a domain stream", other.type_name()),
+        }
+        Ok(())
+    }
+
+    /// A release removes the claim only if it still points at the releasing license, so the
+    /// two copies of a claim (domain stream and license stream) agree in any order.
+    fn release_claim(&mut self, domain: &[u8], license: &LicenseId) -> Result<(), ProjectionError> {
+        let key = single(PREFIX_CLAIM, domain);
+        if self.raw(&key)?.as_deref() == Some(license.as_str().as_bytes()) {
+            self.delete(key);
+        }
+        Ok(())
+    }
+
+    fn apply_license(
+        &mut self,
+        id: &LicenseId,
+        projected: &ProjectedEvent,
+    ) -> Result<(), ProjectionError> {
+        let id_bytes = id.as_str().as_bytes();
+        self.put(
+            positioned(PREFIX_HISTORY_LICENSE, id_bytes, projected.position),
+            Vec::new(),
+        );
+        self.record_user_history(projected);
+        let at = projected.recorded_at;
+        if let Event::LicenseIssued(issued) = &projected.event {
+            let existing = self.take_license(id.as_str())?;
+            debug_assert!(existing.is_none(), "LicenseIssued twice for {id}");
+            self.put(
+                single(PREFIX_KEY_HASH, &secret_hash(&issued.key)),
+                id_bytes.to_vec(),
+            );
+            if let Some(link) = &issued.link {
+                self.put(
+                    single(PREFIX_LINK_HASH, &secret_hash(link)),
+                    id_bytes.to_vec(),
+                );
+            }
+            let record = LicenseRecord {
+                license_type: issued.license_type,
+                seats: issued.seats,
+                valid_from: issued.valid_from,
+                valid_until: issued.valid_until,
+                admins: issued.admins.clone(),
+                domains: Default::default(),
+                key: issued.key.clone(),
+                link: issued.link.clone(),
+                auto_enrollment: issued.auto_enrollment,
+                features: Default::default(),
+                features_by_role: Default::default(),
+                ou_paths: Vec::new(),
+                ou_sync_held: false,
+                counts: StatusCounts::default(),
+                issued_at: at,
+                usage_last_day: None,
+            };
+            self.licenses.insert(id.as_str().to_owned(), Some(record));
+            return Ok(());
+        }
+        let Some(mut license) = self.take_license(id.as_str())? else {
+            // The log holds only what the aggregate decided, so an event before
+            // LicenseIssued is a bug upstream; like `License::apply` it is skipped in release
+            // builds rather than inventing a license.
+            debug_assert!(
+                false,
+                "{} before LicenseIssued",
+                projected.event.type_name()
+            );
+            self.licenses.insert(id.as_str().to_owned(), None);
+            return Ok(());
+        };
+        let context = MemberContext {
+            license: id.as_str(),
+            at,
+            actor: &projected.actor,
+        };
+        match &projected.event {
+            Event::LicenseIssued(_) => unreachable!("handled above"),
+            Event::LicenseRenewed(e) => license.valid_until = e.valid_until,
+            Event::SeatsChanged(e) => license.seats = e.seats,
+            Event::LicenseAdminGranted(e) => {
+                if !license.admins.contains(&e.email) {
+                    license.admins.push(e.email.clone());
+                }
+            }
+            Event::LicenseAdminRevoked(e) => license.admins.retain(|admin| admin != &e.email),
+            Event::UserAdded(e) => self.put_member(
+                &mut license,
+                &context,
+                &e.email,
+                (Status::Accepted, e.source, e.role),
+                e.ou_path.clone(),
+            )?,
+            Event::InviteSent(e) => self.put_member(
+                &mut license,
+                &context,
+                &e.email,
+                (Status::Invited, e.source, e.role),
+                None,
+            )?,
+            Event::UserWaitlisted(e) => self.put_member(
+                &mut license,
+                &context,
+                &e.email,
+                (Status::Waitlisted, e.source, e.role),
+                e.ou_path.clone(),
+            )?,
+            Event::InviteAccepted(e) => {
+                self.change_status(&mut license, &context, &e.email, Status::Accepted)?
+            }
+            Event::UserPromoted(e) => {
+                self.change_status(&mut license, &context, &e.email, Status::Accepted)?
+            }
+            Event::InviteRejected(e) => {
+                self.change_status(&mut license, &context, &e.email, Status::Rejected)?
+            }
+            Event::UserRemoved(e) => self.remove_member(&mut license, &context, &e.email)?,
+            Event::LicenseKeyRotated(e) => {
+                // LIC-6: the old key stops working at once, so its hash goes in the same
+                // write that adds the new one.
+                self.delete(single(PREFIX_KEY_HASH, &secret_hash(&license.key)));
+                self.put(
+                    single(PREFIX_KEY_HASH, &secret_hash(&e.key)),
+                    id_bytes.to_vec(),
+                );
+                license.key = e.key.clone();
+            }
+            Event::JoinLinkRotated(e) => {
+                if let Some(old) = &license.link {
+                    self.delete(single(PREFIX_LINK_HASH, &secret_hash(old)));
+                }
+                self.put(
+                    single(PREFIX_LINK_HASH, &secret_hash(&e.link)),
+                    id_bytes.to_vec(),
+                );
+                license.link = Some(e.link.clone());
+            }
+            Event::FeaturePermissionSet(e) => {
+                let features = match e.role {
+                    Some(role) => license.features_by_role.entry(role).or_default(),
+                    None => &mut license.features,
+                };
+                features.insert(e.feature.clone(), e.enabled);
+            }
+            Event::AutoEnrollmentSet(e) => license.auto_enrollment = e.enabled,
+            Event::OuLinked(e) => {
+                for path in &e.ou_paths {
+                    if !license.ou_paths.contains(path) {
+                        license.ou_paths.push(path.clone());
+                    }
+                }
+            }
+            Event::OuUnlinked(_) => {
+                license.ou_paths.clear();
+                license.ou_sync_held = false;
+            }
+            Event::OuSynced(_) | Event::OuSyncConfirmed(_) => license.ou_sync_held = false,
+            Event::OuSyncHeld(_) => license.ou_sync_held = true,
+            Event::DomainClaimed(e) => {
+                license.domains.insert(e.domain.clone());
+                self.put(
+                    single(PREFIX_CLAIM, e.domain.as_str().as_bytes()),
+                    id_bytes.to_vec(),
+                );
+            }
+            Event::DomainReleased(e) => {
+                license.domains.remove(&e.domain);
+                self.release_claim(e.domain.as_str().as_bytes(), id)?;
+            }
+            Event::DomainAdminGranted(_) | Event::DomainAdminRevoked(_) => {
+                debug_assert!(false, "domain admin events belong to a domain's stream");
+            }
+        }
+        self.licenses.insert(id.as_str().to_owned(), Some(license));
+        Ok(())
+    }
+
+    /// UserAdded, InviteSent, UserWaitlisted: the member (re)starts with a status, a source
+    /// and a role, added now by the event's actor.
+    fn put_member(
+        &mut self,
+        license: &mut LicenseRecord,
+        context: &MemberContext<'_>,
+        email: &Email,
+        (status, source, role): (Status, Source, Role),
+        ou_path: Option<domain::OuPath>,
+    ) -> Result<(), ProjectionError> {
+        let member = MemberRecord {
+            status,
+            source,
+            role,
+            added_at: context.at,
+            added_by: context.actor.clone(),
+            updated_at: context.at,
+            ou_path,
+        };
+        self.set_member(license, context, email, Some(member))
+    }
+
+    /// InviteAccepted, InviteRejected, UserPromoted keep source and role (SPEC §1, SEAT-4).
+    fn change_status(
+        &mut self,
+        license: &mut LicenseRecord,
+        context: &MemberContext<'_>,
+        email: &Email,
+        status: Status,
+    ) -> Result<(), ProjectionError> {
+        let Some(mut member) = self.member(context.license, email.as_str())? else {
+            debug_assert!(false, "status change for a non-member");
+            return Ok(());
+        };
+        member.status = status;
+        member.updated_at = context.at;
+        self.set_member(license, context, email, Some(member))
+    }
+
+    fn remove_member(
+        &mut self,
+        license: &mut LicenseRecord,
+        context: &MemberContext<'_>,
+        email: &Email,
+    ) -> Result<(), ProjectionError> {
+        let existing = self.member(context.license, email.as_str())?;
+        debug_assert!(existing.is_some(), "removal of a non-member");
+        if existing.is_none() {
+            return Ok(());
+        }
+        self.set_member(license, context, email, None)
+    }
+
+    /// The one place a member changes: counts, sort index, the user's licenses, usage and
+    /// the in-memory email lists all follow from the before and after records.
+    fn set_member(
+        &mut self,
+        license: &mut LicenseRecord,
+        context: &MemberContext<'_>,
+        email: &Email,
+        after: Option<MemberRecord>,
+    ) -> Result<(), ProjectionError> {
+        let id = context.license;
+        let before = self.member(id, email.as_str())?;
+        if let Some(old) = &before {
+            *license.counts.slot(old.status) -= 1;
+        }
+        if let Some(new) = &after {
+            *license.counts.slot(new.status) += 1;
+        }
+        for column in SortColumn::INDEXED {
+            let old_value = before.as_ref().map(|member| sort_value(column, member));
+            let new_value = after.as_ref().map(|member| sort_value(column, member));
+            if old_value == new_value {
+                continue;
+            }
+            if let Some(value) = old_value {
+                self.delete(sort_key(id, column.code(), &value, email.as_str()));
+            }
+            if let Some(value) = new_value {
+                self.put(
+                    sort_key(id, column.code(), &value, email.as_str()),
+                    Vec::new(),
+                );
+            }
+        }
+        let user_license = pair(
+            PREFIX_USER_LICENSE,
+            email.as_str().as_bytes(),
+            id.as_bytes(),
+        );
+        match &after {
+            Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
+            None => self.delete(user_license),
+        }
+        let held_before = before
+            .as_ref()
+            .is_some_and(|member| member.status.holds_seat());
+        let holds_after = after
+            .as_ref()
+            .is_some_and(|member| member.status.holds_seat());
+        if held_before != holds_after {
+            self.count_usage(
+                license,
+                context,
+                before.as_ref(),
+                after.as_ref(),
+                holds_after,
+            )?;
+        }
+        if before.is_some() != after.is_some() {
+            self.changes.push(MembershipChange {
+                license: id.to_owned(),
+                email: email.as_str().to_owned(),
+                present: after.is_some(),
+            });
+        }
+        self.members
+            .insert((id.to_owned(), email.as_str().to_owned()), after);
+        Ok(())
+    }
+
+    /// someone came to hold a seat or an invite (counted by their new source) or
+    /// stopped holding one (counted by the source they had).
+    fn count_usage(
+        &mut self,
+        license: &mut LicenseRecord,
+        context: &MemberContext<'_>,
+        before: Option<&MemberRecord>,
+        after: Option<&MemberRecord>,
+        added: bool,
+    ) -> Result<(), ProjectionError> {
+        // A clock that steps back between appends must not rewrite an earlier day, whose
+        // end-of-day count later days already build on.
+        let day = day_of(context.at).max(license.usage_last_day.unwrap_or(i64::MIN));
+        license.usage_last_day = Some(day);
+        let key = pair(PREFIX_USAGE, context.license.as_bytes(), &day_bytes(day));
+        let mut usage: UsageRecord = match self.raw(&key)? {
+            Some(bytes) => decode("usage record", &bytes)?,
+            None => UsageRecord::default(),
+        };
+        if added {
+            let member = after.expect("a member who came to hold a seat exists after");
+            UsageRecord::count(&mut usage.added, member.source);
+        } else {
+            let member = before.expect("a member who held a seat existed before");
+            UsageRecord::count(&mut usage.removed, member.source);
+        }
+        usage.users_count = license.counts.users_count();
+        self.put(key, encode(&usage));
+        Ok(())
+    }
+}
+
+struct MemberContext<'a> {
+    license: &'a str,
+    at: DateTime<Utc>,
+    actor: &'a Actor,
+}

@@ -1,0 +1,1096 @@
+//! The queries of SPEC §11 over the read models. Who may read what is the server's
+//! decision; these answer whoever asks.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use domain::query::EmailPattern;
+use domain::{
+    DomainName, Email, FeatureName, LicenseId, LicenseType, OuPath, Role, Secret, Source, Status,
+};
+
+use crate::apply::{day_of, secret_hash, sort_value};
+use crate::cache::Search;
+use crate::keys::*;
+use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode};
+use crate::{
+    Generation, HISTORY_PAGE_SIZE_MAX, LIST_USERS_CANDIDATES_IN_MEMORY_MAX,
+    LIST_USERS_PAGE_SIZE_MAX, ProjectionError, Projections, SortColumn, USAGE_BUCKETS_MAX,
+    USER_LISTING_ROWS_MAX,
+};
+
+/// The longest page token `list_users` reads; longer ones cannot be ours.
+pub const PAGE_TOKEN_LENGTH_MAX_CHARS: usize = 2_048;
+const PAGE_TOKEN_VERSION: u8 = 1;
+/// What reading one member record costs, in sort index keys walked (measured roughly).
+const IN_MEMORY_READ_COST_KEYS: u64 = 5;
+/// The width of an `added_at` sort value (`apply::time_bytes`).
+const TIME_VALUE_LENGTH_BYTES: usize = 12;
+
+/// a license with its counts. `key` and `link` are here for admins and staff; the
+/// server leaves them out for anyone else, and `Secret` never prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LicenseView {
+    pub id: LicenseId,
+    pub license_type: LicenseType,
+    pub seats: u32,
+    pub counts: StatusCounts,
+    pub users_count: u64,
+    pub seats_free: u64,
+    pub over_by: u64,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    /// Computed from the `now` the query was given.
+    pub expired: bool,
+    pub issued_at: DateTime<Utc>,
+    pub admins: Vec<Email>,
+    pub domains: Vec<DomainName>,
+    pub ou_paths: Vec<OuPath>,
+    pub ou_sync_held: bool,
+    pub auto_enrollment: bool,
+    pub features: BTreeMap<FeatureName, bool>,
+    pub features_by_role: BTreeMap<Role, BTreeMap<FeatureName, bool>>,
+    pub key: Secret,
+    pub link: Option<Secret>,
+}
+
+/// one member row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub email: Email,
+    pub status: Status,
+    pub source: Source,
+    pub role: Role,
+    pub added_at: DateTime<Utc>,
+    /// The actor's display string: an email, "staff" or "system".
+    pub added_by: String,
+    pub updated_at: DateTime<Utc>,
+    pub ou_path: Option<OuPath>,
+}
+
+/// Q-2's request. `page_token` is the `next_page_token` of the previous page, with the same
+/// sort and direction.
+#[derive(Clone, Debug)]
+pub struct ListUsersRequest {
+    pub license: LicenseId,
+    /// Q-2's email pattern as typed (`%` wildcards, case-insensitive); a malformed one is
+    /// `InvalidPattern`.
+    pub pattern: Option<String>,
+    pub role_is: Option<Role>,
+    pub role_is_not: Option<Role>,
+    pub status: Option<Status>,
+    pub source: Option<Source>,
+    pub sort: SortColumn,
+    pub descending: bool,
+    /// 1 to `LIST_USERS_PAGE_SIZE_MAX`.
+    pub page_size: usize,
+    pub page_token: Option<String>,
+}
+
+impl ListUsersRequest {
+    /// Every member in email order, a full page at a time.
+    pub fn new(license: LicenseId) -> Self {
+        Self {
+            license,
+            pattern: None,
+            role_is: None,
+            role_is_not: None,
+            status: None,
+            source: None,
+            sort: SortColumn::Email,
+            descending: false,
+            page_size: LIST_USERS_PAGE_SIZE_MAX,
+            page_token: None,
+        }
+    }
+
+    fn accepts(&self, member: &MemberRecord) -> bool {
+        self.role_is.is_none_or(|role| member.role == role)
+            && self.role_is_not.is_none_or(|role| member.role != role)
+            && self.status.is_none_or(|status| member.status == status)
+            && self.source.is_none_or(|source| member.source == source)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsersPage {
+    pub users: Vec<MemberView>,
+    /// Present when more rows follow; pass it back for the next page.
+    pub next_page_token: Option<String>,
+}
+
+/// a license the user is a member of, and their status on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserLicense {
+    pub license: LicenseId,
+    pub status: Status,
+}
+
+/// Q-5 bucket widths, aligned at 00:00 UTC; weeks start on Monday.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    Day,
+    Week,
+}
+
+impl Bucket {
+    fn days(self) -> i64 {
+        match self {
+            Self::Day => 1,
+            Self::Week => 7,
+        }
+    }
+}
+
+/// one bucket of usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageBucket {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// users_count at the end of the bucket.
+    pub users_count: u64,
+    /// Members who came to hold a seat or an invite, by source; sources with zero omitted.
+    pub added: BTreeMap<Source, u64>,
+    /// Seat holders who stopped holding one, by source; sources with zero omitted.
+    pub removed: BTreeMap<Source, u64>,
+}
+
+/// A row found for a ListUsers page, with the sort value it was found under.
+struct Row {
+    email: String,
+    value: Vec<u8>,
+    member: MemberRecord,
+}
+
+/// The sort key of the last row of a page, which the next page starts after.
+struct Cursor {
+    value: Vec<u8>,
+    email: String,
+}
+
+fn corrupt(what: &'static str) -> ProjectionError {
+    ProjectionError::Corrupt {
+        what,
+        reason: "not what the projector writes".into(),
+    }
+}
+
+/// Q-2 order: the column in the asked direction, ties by email ascending; the email column
+/// itself goes in the asked direction.
+fn compare(column: SortColumn, descending: bool, a: (&[u8], &str), b: (&[u8], &str)) -> Ordering {
+    let directed = |ordering: Ordering| {
+        if descending {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    };
+    if column == SortColumn::Email {
+        directed(a.1.cmp(b.1))
+    } else {
+        directed(a.0.cmp(b.0)).then_with(|| a.1.cmp(b.1))
+    }
+}
+
+fn encode_token(column: SortColumn, descending: bool, row: &Row) -> String {
+    let mut bytes = vec![PAGE_TOKEN_VERSION, column.code(), u8::from(descending)];
+    bytes.extend_from_slice(&(row.value.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&row.value);
+    bytes.extend_from_slice(row.email.as_bytes());
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_token(
+    token: &str,
+    column: SortColumn,
+    descending: bool,
+) -> Result<Cursor, ProjectionError> {
+    let invalid = || ProjectionError::InvalidPageToken;
+    if token.len() > PAGE_TOKEN_LENGTH_MAX_CHARS
+        || !token.len().is_multiple_of(2)
+        || !token.is_ascii()
+    {
+        return Err(invalid());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&token[at..at + 2], 16).map_err(|_| invalid()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let [version, code, direction, high, low, rest @ ..] = bytes.as_slice() else {
+        return Err(invalid());
+    };
+    if *version != PAGE_TOKEN_VERSION
+        || SortColumn::from_code(*code) != Some(column)
+        || *direction != u8::from(descending)
+    {
+        return Err(invalid());
+    }
+    let value_length = usize::from(u16::from_be_bytes([*high, *low]));
+    if rest.len() <= value_length {
+        return Err(invalid());
+    }
+    let (value, email) = rest.split_at(value_length);
+    let email = std::str::from_utf8(email).map_err(|_| invalid())?;
+    Ok(Cursor {
+        value: value.to_vec(),
+        email: email.to_owned(),
+    })
+}
+
+/// A pattern like `%` matches every email; it is no filter at all.
+fn matches_everything(pattern: &EmailPattern) -> bool {
+    !pattern.is_exact() && pattern.literal_prefix().is_empty() && pattern.matches("")
+}
+
+/// Collects rows up to `limit`: one more than a page, so the page knows whether more follow.
+struct Collector<'a> {
+    request: &'a ListUsersRequest,
+    pattern: Option<&'a EmailPattern>,
+    tree: &'a sled::Tree,
+    rows: Vec<Row>,
+    limit: usize,
+}
+
+impl Collector<'_> {
+    fn full(&self) -> bool {
+        self.rows.len() >= self.limit
+    }
+
+    fn member(&self, email: &str) -> Result<Option<MemberRecord>, ProjectionError> {
+        let key = pair(
+            PREFIX_MEMBER,
+            self.request.license.as_str().as_bytes(),
+            email.as_bytes(),
+        );
+        self.tree
+            .get(key)?
+            .map(|bytes| decode("member record", &bytes))
+            .transpose()
+    }
+
+    /// Offers a candidate found under `value`; returns true once the page is full.
+    fn offer(
+        &mut self,
+        email: &str,
+        value: &[u8],
+        member: Option<MemberRecord>,
+    ) -> Result<bool, ProjectionError> {
+        if self.pattern.is_some_and(|pattern| !pattern.matches(email)) {
+            return Ok(self.full());
+        }
+        let member = match member {
+            Some(member) => Some(member),
+            None => self.member(email)?,
+        };
+        // A member removed by a batch written while this page is read is simply skipped.
+        if let Some(member) = member.filter(|member| self.request.accepts(member)) {
+            self.rows.push(Row {
+                email: email.to_owned(),
+                value: value.to_vec(),
+                member,
+            });
+        }
+        Ok(self.full())
+    }
+}
+
+fn bounds_are_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(low), Bound::Included(high)) => low > high,
+        (Bound::Included(low) | Bound::Excluded(low), Bound::Excluded(high))
+        | (Bound::Excluded(low), Bound::Included(high)) => low >= high,
+        _ => false,
+    }
+}
+
+pub(crate) fn string_bounds_are_empty(lower: &Bound<&str>, upper: &Bound<&str>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(low), Bound::Included(high)) => low > high,
+        (Bound::Included(low) | Bound::Excluded(low), Bound::Excluded(high))
+        | (Bound::Excluded(low), Bound::Included(high)) => low >= high,
+        _ => false,
+    }
+}
+
+impl Projections {
+    /// Q-1 at `now` (for `expired`), or `None` for an unknown license.
+    pub fn get_license(
+        &self,
+        license: &LicenseId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LicenseView>, ProjectionError> {
+        let generation = self.generation();
+        let Some(record) = license_record(&generation, license)? else {
+            return Ok(None);
+        };
+        let users_count = record.counts.users_count();
+        Ok(Some(LicenseView {
+            id: license.clone(),
+            license_type: record.license_type,
+            seats: record.seats,
+            counts: record.counts,
+            users_count,
+            seats_free: u64::from(record.seats).saturating_sub(users_count),
+            over_by: users_count.saturating_sub(u64::from(record.seats)),
+            valid_from: record.valid_from,
+            valid_until: record.valid_until,
+            expired: now > record.valid_until,
+            issued_at: record.issued_at,
+            admins: record.admins,
+            domains: record.domains.into_iter().collect(),
+            ou_paths: record.ou_paths,
+            ou_sync_held: record.ou_sync_held,
+            auto_enrollment: record.auto_enrollment,
+            features: record.features,
+            features_by_role: record.features_by_role,
+            key: record.key,
+            link: record.link,
+        }))
+    }
+
+    /// One member of a license, or `None` (GetLicense's "is a member" check).
+    pub fn member(
+        &self,
+        license: &LicenseId,
+        email: &Email,
+    ) -> Result<Option<MemberView>, ProjectionError> {
+        let generation = self.generation();
+        let key = pair(
+            PREFIX_MEMBER,
+            license.as_str().as_bytes(),
+            email.as_str().as_bytes(),
+        );
+        let Some(bytes) = generation.tree.get(key)? else {
+            return Ok(None);
+        };
+        let member: MemberRecord = decode("member record", &bytes)?;
+        Ok(Some(member_view(email.clone(), member)))
+    }
+
+    /// one page of a license's members.
+    pub fn list_users(&self, request: &ListUsersRequest) -> Result<UsersPage, ProjectionError> {
+        if !(1..=LIST_USERS_PAGE_SIZE_MAX).contains(&request.page_size) {
+            return Err(ProjectionError::InvalidPageSize {
+                requested: request.page_size,
+                max: LIST_USERS_PAGE_SIZE_MAX,
+            });
+        }
+        let cursor = request
+            .page_token
+            .as_deref()
+            .map(|token| decode_token(token, request.sort, request.descending))
+            .transpose()?;
+        let generation = self.generation();
+        let Some(license_record) = license_record(&generation, &request.license)? else {
+            return Err(ProjectionError::LicenseNotFound);
+        };
+        let parsed = request
+            .pattern
+            .as_deref()
+            .map(EmailPattern::parse)
+            .transpose()
+            .map_err(|error| ProjectionError::InvalidPattern(error.message().to_owned()))?;
+        let pattern = parsed
+            .as_ref()
+            .filter(|pattern| !matches_everything(pattern));
+        let needle = request
+            .pattern
+            .as_deref()
+            .map(longest_piece)
+            .unwrap_or_default();
+        let mut collector = Collector {
+            request,
+            pattern,
+            tree: &generation.tree,
+            rows: Vec::new(),
+            limit: request.page_size + 1,
+        };
+        match (pattern, request.sort) {
+            (None, SortColumn::Email) => match filter_group(request) {
+                Some((column, value)) => {
+                    stream_group_by_email(&mut collector, column, &value, cursor.as_ref())?
+                }
+                None => stream_members(&mut collector, cursor.as_ref())?,
+            },
+            (None, column) => stream_index(&mut collector, column, cursor.as_ref())?,
+            (Some(pattern), SortColumn::Email) => cached_email_order(
+                &generation,
+                &mut collector,
+                pattern,
+                &needle,
+                cursor.as_ref(),
+            )?,
+            (Some(pattern), column) => {
+                let license = request.license.as_str();
+                let in_memory_max = in_memory_candidates_max(&license_record, request.page_size);
+                let candidates =
+                    pattern_matches(&generation, license, pattern, &needle, in_memory_max + 1)?;
+                if candidates.len() <= in_memory_max {
+                    sort_in_memory(&mut collector, column, candidates, cursor.as_ref())?;
+                } else {
+                    // Many matches: they are dense, so the sort index fills a page soon.
+                    // (Matches bunched at the far end of the order make this slower; the
+                    // plan assumes they are spread.)
+                    stream_index(&mut collector, column, cursor.as_ref())?;
+                }
+            }
+        }
+        let mut rows = collector.rows;
+        let next_page_token = if rows.len() > request.page_size {
+            rows.truncate(request.page_size);
+            rows.last()
+                .map(|row| encode_token(request.sort, request.descending, row))
+        } else {
+            None
+        };
+        let users = rows
+            .into_iter()
+            .map(|row| {
+                let email = Email::parse(&row.email).map_err(|_| corrupt("member email"))?;
+                Ok(member_view(email, row.member))
+            })
+            .collect::<Result<Vec<_>, ProjectionError>>()?;
+        Ok(UsersPage {
+            users,
+            next_page_token,
+        })
+    }
+
+    /// every license the user is a member of, with the status on it, by license id.
+    pub fn licenses_of_user(&self, email: &Email) -> Result<Vec<UserLicense>, ProjectionError> {
+        let generation = self.generation();
+        let user_scope = scope(PREFIX_USER_LICENSE, email.as_str().as_bytes());
+        let mut licenses = Vec::new();
+        for item in generation
+            .tree
+            .scan_prefix(&user_scope)
+            .take(USER_LISTING_ROWS_MAX)
+        {
+            let (key, value) = item?;
+            let license = std::str::from_utf8(&key[user_scope.len()..])
+                .ok()
+                .and_then(|id| LicenseId::parse(id).ok())
+                .ok_or_else(|| corrupt("user license key"))?;
+            let status = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|name| Status::parse(name).ok())
+                .ok_or_else(|| corrupt("user license status"))?;
+            licenses.push(UserLicense { license, status });
+        }
+        Ok(licenses)
+    }
+
+    /// Q-4, INV-3: the licenses on which the user has a pending invite.
+    pub fn invites_of_user(&self, email: &Email) -> Result<Vec<LicenseId>, ProjectionError> {
+        Ok(self
+            .licenses_of_user(email)?
+            .into_iter()
+            .filter(|entry| entry.status == Status::Invited)
+            .map(|entry| entry.license)
+            .collect())
+    }
+
+    /// Q-4, LIC-5: the domains the user is domain admin of (also the command context of
+    /// INV-1).
+    pub fn domains_administered_by(
+        &self,
+        email: &Email,
+    ) -> Result<Vec<DomainName>, ProjectionError> {
+        let generation = self.generation();
+        let user_scope = scope(PREFIX_USER_DOMAIN, email.as_str().as_bytes());
+        let mut domains = Vec::new();
+        for item in generation
+            .tree
+            .scan_prefix(&user_scope)
+            .take(USER_LISTING_ROWS_MAX)
+        {
+            let (key, _) = item?;
+            let domain = std::str::from_utf8(&key[user_scope.len()..])
+                .ok()
+                .and_then(|name| DomainName::parse(name).ok())
+                .ok_or_else(|| corrupt("user domain key"))?;
+            domains.push(domain);
+        }
+        Ok(domains)
+    }
+
+    /// LIC-5: the domain admins of a domain, by email.
+    pub fn domain_admins(&self, domain: &DomainName) -> Result<Vec<Email>, ProjectionError> {
+        let generation = self.generation();
+        let domain_scope = scope(PREFIX_DOMAIN_ADMIN, domain.as_str().as_bytes());
+        let mut admins = Vec::new();
+        for item in generation
+            .tree
+            .scan_prefix(&domain_scope)
+            .take(USER_LISTING_ROWS_MAX)
+        {
+            let (key, _) = item?;
+            let email = std::str::from_utf8(&key[domain_scope.len()..])
+                .ok()
+                .and_then(|email| Email::parse(email).ok())
+                .ok_or_else(|| corrupt("domain admin key"))?;
+            admins.push(email);
+        }
+        Ok(admins)
+    }
+
+    /// KEY-1: the license whose current key this is.
+    pub fn license_by_key(&self, key: &Secret) -> Result<Option<LicenseId>, ProjectionError> {
+        self.license_at(single(PREFIX_KEY_HASH, &secret_hash(key)))
+    }
+
+    /// LINK-1: the license whose current join link this is.
+    pub fn license_by_link(&self, token: &Secret) -> Result<Option<LicenseId>, ProjectionError> {
+        self.license_at(single(PREFIX_LINK_HASH, &secret_hash(token)))
+    }
+
+    /// DOM-3: the license that claims a domain.
+    pub fn license_by_claimed_domain(
+        &self,
+        domain: &DomainName,
+    ) -> Result<Option<LicenseId>, ProjectionError> {
+        self.license_at(single(PREFIX_CLAIM, domain.as_str().as_bytes()))
+    }
+
+    fn license_at(&self, key: Vec<u8>) -> Result<Option<LicenseId>, ProjectionError> {
+        let Some(bytes) = self.generation().tree.get(key)? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|id| LicenseId::parse(id).ok())
+            .map(Some)
+            .ok_or_else(|| corrupt("license id"))
+    }
+
+    /// positions of the events of a license's stream, oldest first, after `after`.
+    pub fn license_history(
+        &self,
+        license: &LicenseId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, ProjectionError> {
+        self.history(PREFIX_HISTORY_LICENSE, license.as_str(), after, limit)
+    }
+
+    /// positions of the events about a user (`Event::member_email`), oldest first.
+    pub fn user_history(
+        &self,
+        email: &Email,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, ProjectionError> {
+        self.history(PREFIX_HISTORY_USER, email.as_str(), after, limit)
+    }
+
+    fn history(
+        &self,
+        prefix: u8,
+        subject: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, ProjectionError> {
+        if !(1..=HISTORY_PAGE_SIZE_MAX).contains(&limit) {
+            return Err(ProjectionError::InvalidPageSize {
+                requested: limit,
+                max: HISTORY_PAGE_SIZE_MAX,
+            });
+        }
+        let generation = self.generation();
+        let subject_scope = scope(prefix, subject.as_bytes());
+        let lower = match after {
+            Some(position) => Bound::Excluded(positioned(prefix, subject.as_bytes(), position)),
+            None => Bound::Included(subject_scope.clone()),
+        };
+        let upper = Bound::Excluded(prefix_end(&subject_scope).expect("a scope ends in zero"));
+        let mut positions = Vec::new();
+        for item in generation.tree.range((lower, upper)).take(limit) {
+            let (key, _) = item?;
+            let bytes: [u8; 8] = key[subject_scope.len()..]
+                .try_into()
+                .map_err(|_| corrupt("history key"))?;
+            positions.push(u64::from_be_bytes(bytes));
+        }
+        Ok(positions)
+    }
+
+    /// usage of a license in buckets covering `[from, to)`, aligned at 00:00 UTC (weeks
+    /// on Monday): the first bucket is the one holding `from`, the last the one holding
+    /// the last instant before `to`.
+    pub fn usage(
+        &self,
+        license: &LicenseId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket: Bucket,
+    ) -> Result<Vec<UsageBucket>, ProjectionError> {
+        if from >= to {
+            return Err(ProjectionError::EmptyRange);
+        }
+        let generation = self.generation();
+        if license_record(&generation, license)?.is_none() {
+            return Err(ProjectionError::LicenseNotFound);
+        }
+        let width = bucket.days();
+        let first_day = day_of(from);
+        let start_day = match bucket {
+            Bucket::Day => first_day,
+            // 1970-01-01 was a Thursday, three days after a Monday.
+            Bucket::Week => first_day - (first_day + 3).rem_euclid(7),
+        };
+        let end_day = day_of(to - Duration::nanoseconds(1)) + 1;
+        let buckets = (end_day - start_day + width - 1) / width;
+        let buckets = usize::try_from(buckets).unwrap_or(usize::MAX);
+        if buckets > USAGE_BUCKETS_MAX {
+            return Err(ProjectionError::TooManyBuckets {
+                buckets,
+                max: USAGE_BUCKETS_MAX,
+            });
+        }
+        let id = license.as_str().as_bytes();
+        let usage_scope = scope(PREFIX_USAGE, id);
+        let first_key = pair(PREFIX_USAGE, id, &day_bytes(start_day));
+        let end_key = pair(
+            PREFIX_USAGE,
+            id,
+            &day_bytes(start_day + width * buckets as i64),
+        );
+        let mut running = match generation
+            .tree
+            .range(usage_scope.clone()..first_key.clone())
+            .next_back()
+        {
+            Some(item) => decode::<UsageRecord>("usage record", &item?.1)?.users_count,
+            None => 0,
+        };
+        let mut result: Vec<UsageBucket> = (0..buckets as i64)
+            .map(|index| {
+                let start = day_start(start_day + index * width);
+                UsageBucket {
+                    start,
+                    end: start + Duration::days(width),
+                    users_count: 0,
+                    added: BTreeMap::new(),
+                    removed: BTreeMap::new(),
+                }
+            })
+            .collect();
+        let mut last_count: Vec<Option<u64>> = vec![None; buckets];
+        for item in generation.tree.range(first_key..end_key) {
+            let (key, value) = item?;
+            let day =
+                day_from_bytes(&key[usage_scope.len()..]).ok_or_else(|| corrupt("usage key"))?;
+            let index =
+                usize::try_from((day - start_day) / width).map_err(|_| corrupt("usage key"))?;
+            let record: UsageRecord = decode("usage record", &value)?;
+            let target = &mut result[index];
+            for (source, count) in Source::ALL.iter().zip(&record.added) {
+                if *count > 0 {
+                    *target.added.entry(*source).or_default() += count;
+                }
+            }
+            for (source, count) in Source::ALL.iter().zip(&record.removed) {
+                if *count > 0 {
+                    *target.removed.entry(*source).or_default() += count;
+                }
+            }
+            last_count[index] = Some(record.users_count);
+        }
+        for (bucket, last) in result.iter_mut().zip(last_count) {
+            if let Some(count) = last {
+                running = count;
+            }
+            bucket.users_count = running;
+        }
+        Ok(result)
+    }
+}
+
+fn day_start(day: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(day * 86_400, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn license_record(
+    generation: &Generation,
+    license: &LicenseId,
+) -> Result<Option<LicenseRecord>, ProjectionError> {
+    generation
+        .tree
+        .get(single(PREFIX_LICENSE, license.as_str().as_bytes()))?
+        .map(|bytes| decode("license record", &bytes))
+        .transpose()
+}
+
+fn member_view(email: Email, member: MemberRecord) -> MemberView {
+    MemberView {
+        email,
+        status: member.status,
+        source: member.source,
+        role: member.role,
+        added_at: member.added_at,
+        added_by: member.added_by.to_string(),
+        updated_at: member.updated_at,
+        ou_path: member.ou_path,
+    }
+}
+
+/// Email order straight from the member keys, in either direction.
+fn stream_members(
+    collector: &mut Collector<'_>,
+    cursor: Option<&Cursor>,
+) -> Result<(), ProjectionError> {
+    let member_scope = scope(PREFIX_MEMBER, collector.request.license.as_str().as_bytes());
+    let scope_end = prefix_end(&member_scope).expect("a scope ends in zero");
+    let after_cursor = |cursor: &Cursor| {
+        let mut key = member_scope.clone();
+        key.extend_from_slice(cursor.email.as_bytes());
+        key
+    };
+    let descending = collector.request.descending;
+    let (lower, upper) = match (cursor, descending) {
+        (Some(cursor), false) => (
+            Bound::Excluded(after_cursor(cursor)),
+            Bound::Excluded(scope_end),
+        ),
+        (Some(cursor), true) => (
+            Bound::Included(member_scope.clone()),
+            Bound::Excluded(after_cursor(cursor)),
+        ),
+        (None, _) => (
+            Bound::Included(member_scope.clone()),
+            Bound::Excluded(scope_end),
+        ),
+    };
+    if bounds_are_empty(&lower, &upper) {
+        return Ok(());
+    }
+    let range = collector.tree.range((lower, upper));
+    let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    for item in items {
+        let (key, value) = item?;
+        let email =
+            std::str::from_utf8(&key[member_scope.len()..]).map_err(|_| corrupt("member key"))?;
+        let member: MemberRecord = decode("member record", &value)?;
+        if collector.offer(email, &[], Some(member))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// An equality filter whose sort index group lists exactly the members it keeps, in email
+/// order: a rare status or source is then read without visiting every member.
+fn filter_group(request: &ListUsersRequest) -> Option<(SortColumn, Vec<u8>)> {
+    if let Some(status) = request.status {
+        return Some((SortColumn::Status, status.as_str().as_bytes().to_vec()));
+    }
+    if let Some(source) = request.source {
+        return Some((SortColumn::Source, source.as_str().as_bytes().to_vec()));
+    }
+    request
+        .role_is
+        .map(|role| (SortColumn::Role, role.as_str().as_bytes().to_vec()))
+}
+
+/// Email order within one value group of a sort index, in either direction.
+fn stream_group_by_email(
+    collector: &mut Collector<'_>,
+    column: SortColumn,
+    value: &[u8],
+    cursor: Option<&Cursor>,
+) -> Result<(), ProjectionError> {
+    let mut group = sort_scope(collector.request.license.as_str(), column.code());
+    group.extend_from_slice(value);
+    group.push(SEPARATOR);
+    let group_end = prefix_end(&group).expect("a group ends in zero");
+    let after_cursor = |cursor: &Cursor| {
+        let mut key = group.clone();
+        key.extend_from_slice(cursor.email.as_bytes());
+        key
+    };
+    let descending = collector.request.descending;
+    let (lower, upper) = match (cursor, descending) {
+        (Some(cursor), false) => (
+            Bound::Excluded(after_cursor(cursor)),
+            Bound::Excluded(group_end),
+        ),
+        (Some(cursor), true) => (
+            Bound::Included(group.clone()),
+            Bound::Excluded(after_cursor(cursor)),
+        ),
+        (None, _) => (Bound::Included(group.clone()), Bound::Excluded(group_end)),
+    };
+    if bounds_are_empty(&lower, &upper) {
+        return Ok(());
+    }
+    let range = collector.tree.range((lower, upper));
+    let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    for item in items {
+        let (key, _) = item?;
+        let email = std::str::from_utf8(&key[group.len()..]).map_err(|_| corrupt("sort key"))?;
+        if collector.offer(email, &[], None)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Splits a sort index key after its scope into the value and the email.
+fn split_sort_key(column: SortColumn, rest: &[u8]) -> Result<(&[u8], &str), ProjectionError> {
+    let value_length = if column == SortColumn::AddedAt {
+        TIME_VALUE_LENGTH_BYTES
+    } else {
+        rest.iter()
+            .position(|byte| *byte == SEPARATOR)
+            .ok_or_else(|| corrupt("sort key"))?
+    };
+    if rest.len() <= value_length {
+        return Err(corrupt("sort key"));
+    }
+    let email = std::str::from_utf8(&rest[value_length + 1..]).map_err(|_| corrupt("sort key"))?;
+    Ok((&rest[..value_length], email))
+}
+
+/// Scans one value group of the sort index (every key starting with `group`) forward from
+/// `lower`; returns true once the page is full.
+fn scan_group(
+    collector: &mut Collector<'_>,
+    column: SortColumn,
+    index_scope: &[u8],
+    lower: Bound<Vec<u8>>,
+    upper: Vec<u8>,
+) -> Result<bool, ProjectionError> {
+    for item in collector.tree.range((lower, Bound::Excluded(upper))) {
+        let (key, _) = item?;
+        let (value, email) = split_sort_key(column, &key[index_scope.len()..])?;
+        if collector.offer(email, value, None)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The order of a column's sort index. Ascending is one forward scan. Descending visits the
+/// value groups from the last one back, and each group forward, so ties stay in email
+/// ascending order without a second index.
+fn stream_index(
+    collector: &mut Collector<'_>,
+    column: SortColumn,
+    cursor: Option<&Cursor>,
+) -> Result<(), ProjectionError> {
+    let license = collector.request.license.as_str().to_owned();
+    let index_scope = sort_scope(&license, column.code());
+    let scope_end =
+        prefix_end(&index_scope).expect("a sort scope ends in a column code below 0xff");
+    let group_of = |value: &[u8]| {
+        let mut group = index_scope.clone();
+        group.extend_from_slice(value);
+        group.push(SEPARATOR);
+        group
+    };
+    if !collector.request.descending {
+        let lower = match cursor {
+            Some(cursor) => Bound::Excluded(sort_key(
+                &license,
+                column.code(),
+                &cursor.value,
+                &cursor.email,
+            )),
+            None => Bound::Included(index_scope.clone()),
+        };
+        scan_group(collector, column, &index_scope, lower, scope_end)?;
+        return Ok(());
+    }
+    let mut upper = scope_end;
+    if let Some(cursor) = cursor {
+        let group = group_of(&cursor.value);
+        let group_end = prefix_end(&group).expect("a group ends in zero");
+        let lower = Bound::Excluded(sort_key(
+            &license,
+            column.code(),
+            &cursor.value,
+            &cursor.email,
+        ));
+        if scan_group(collector, column, &index_scope, lower, group_end)? {
+            return Ok(());
+        }
+        upper = group;
+    }
+    loop {
+        let Some(item) = collector
+            .tree
+            .range(index_scope.clone()..upper.clone())
+            .next_back()
+        else {
+            return Ok(());
+        };
+        let (key, _) = item?;
+        let (value, _) = split_sort_key(column, &key[index_scope.len()..])?;
+        let group = group_of(value);
+        let group_end = prefix_end(&group).expect("a group ends in zero");
+        if scan_group(
+            collector,
+            column,
+            &index_scope,
+            Bound::Included(group.clone()),
+            group_end,
+        )? {
+            return Ok(());
+        }
+        upper = group;
+    }
+}
+
+/// The longest literal piece of a pattern, lower-cased as `EmailPattern` does: every match
+/// contains it, so a substring search for it finds every candidate.
+fn longest_piece(raw: &str) -> String {
+    raw.trim()
+        .to_lowercase()
+        .split('%')
+        .max_by_key(|piece| piece.len())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// How many pattern matches are worth reading and sorting in memory rather than walking the
+/// sort index. Reading a match costs about `IN_MEMORY_READ_COST_KEYS` index steps; with `c`
+/// matches spread over `m` members the index walk takes about `(page + 1) * m / c` steps,
+/// so memory wins while `c * c * cost <= (page + 1) * m`.
+fn in_memory_candidates_max(license: &LicenseRecord, page_size: usize) -> usize {
+    let counts = license.counts;
+    let members = counts.accepted + counts.invited + counts.rejected + counts.waitlisted;
+    let affordable = ((page_size as u64 + 1) * members / IN_MEMORY_READ_COST_KEYS).isqrt();
+    usize::try_from(affordable)
+        .unwrap_or(usize::MAX)
+        .clamp(page_size + 1, LIST_USERS_CANDIDATES_IN_MEMORY_MAX)
+}
+
+/// The emails of the license matching the pattern, in email order, at most `limit`. A
+/// literal prefix narrows the scan to its range of the ordered list.
+fn pattern_matches(
+    generation: &Generation,
+    license: &str,
+    pattern: &EmailPattern,
+    needle: &str,
+    limit: usize,
+) -> Result<Vec<String>, ProjectionError> {
+    let prefix = pattern.literal_prefix();
+    let prefix_end = string_prefix_end(prefix);
+    let search = Search {
+        needle,
+        lower: Bound::Included(prefix),
+        upper: prefix_end
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded),
+        descending: false,
+    };
+    let mut matches = Vec::new();
+    generation
+        .emails
+        .search(&generation.tree, license, &search, |email| {
+            if pattern.matches(email) {
+                matches.push(email.to_owned());
+            }
+            Ok(matches.len() >= limit)
+        })?;
+    Ok(matches)
+}
+
+/// Email order over the in-memory emails of a license, for pattern searches.
+fn cached_email_order(
+    generation: &Generation,
+    collector: &mut Collector<'_>,
+    pattern: &EmailPattern,
+    needle: &str,
+    cursor: Option<&Cursor>,
+) -> Result<(), ProjectionError> {
+    let license = collector.request.license.as_str().to_owned();
+    let descending = collector.request.descending;
+    let prefix = pattern.literal_prefix();
+    let prefix_end = string_prefix_end(prefix);
+    let mut lower = Bound::Included(prefix);
+    let mut upper = prefix_end
+        .as_deref()
+        .map_or(Bound::Unbounded, Bound::Excluded);
+    if let Some(cursor) = cursor {
+        if descending {
+            if prefix_end
+                .as_deref()
+                .is_none_or(|end| cursor.email.as_str() < end)
+            {
+                upper = Bound::Excluded(cursor.email.as_str());
+            }
+        } else if cursor.email.as_str() >= prefix {
+            lower = Bound::Excluded(cursor.email.as_str());
+        }
+    }
+    let search = Search {
+        needle,
+        lower,
+        upper,
+        descending,
+    };
+    generation
+        .emails
+        .search(&generation.tree, &license, &search, |email| {
+            collector.offer(email, &[], None)
+        })
+}
+
+/// A bounded set of pattern matches, read and sorted in memory.
+fn sort_in_memory(
+    collector: &mut Collector<'_>,
+    column: SortColumn,
+    candidates: Vec<String>,
+    cursor: Option<&Cursor>,
+) -> Result<(), ProjectionError> {
+    let descending = collector.request.descending;
+    let mut rows = Vec::new();
+    for email in candidates {
+        let Some(member) = collector.member(&email)? else {
+            continue;
+        };
+        if !collector.request.accepts(&member) {
+            continue;
+        }
+        let value = sort_value(column, &member);
+        let after_cursor = cursor.is_none_or(|cursor| {
+            compare(
+                column,
+                descending,
+                (&value, &email),
+                (&cursor.value, &cursor.email),
+            ) == Ordering::Greater
+        });
+        if after_cursor {
+            rows.push(Row {
+                email,
+                value,
+                member,
+            });
+        }
+    }
+    rows.sort_by(|a, b| {
+        compare(
+            column,
+            descending,
+            (&a.value, &a.email),
+            (&b.value, &b.email),
+        )
+    });
+    rows.truncate(collector.limit);
+    collector.rows = rows;
+    Ok(())
+}

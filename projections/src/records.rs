@@ -1,0 +1,117 @@
+//! The values stored under the keys of `keys.rs`, MessagePack with field names so that a
+//! later schema can add optional fields. A change the old decoder cannot read bumps
+//! `PROJECTION_SCHEMA_VERSION`, which rebuilds every read model from the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use domain::{
+    Actor, DomainName, Email, FeatureName, LicenseType, OuPath, Role, Secret, Source, Status,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::ProjectionError;
+
+/// How many members stand in each status (SEAT-1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub accepted: u64,
+    pub invited: u64,
+    pub rejected: u64,
+    pub waitlisted: u64,
+}
+
+impl StatusCounts {
+    /// SEAT-1: users_count = accepted + invited.
+    pub fn users_count(&self) -> u64 {
+        self.accepted + self.invited
+    }
+
+    pub(crate) fn slot(&mut self, status: Status) -> &mut u64 {
+        match status {
+            Status::Accepted => &mut self.accepted,
+            Status::Invited => &mut self.invited,
+            Status::Rejected => &mut self.rejected,
+            Status::Waitlisted => &mut self.waitlisted,
+        }
+    }
+}
+
+/// One license as Q-1 shows it, kept up to date by every event of its stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LicenseRecord {
+    pub license_type: LicenseType,
+    pub seats: u32,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    pub admins: Vec<Email>,
+    pub domains: BTreeSet<DomainName>,
+    pub key: Secret,
+    pub link: Option<Secret>,
+    pub auto_enrollment: bool,
+    pub features: BTreeMap<FeatureName, bool>,
+    pub features_by_role: BTreeMap<Role, BTreeMap<FeatureName, bool>>,
+    pub ou_paths: Vec<OuPath>,
+    pub ou_sync_held: bool,
+    pub counts: StatusCounts,
+    pub issued_at: DateTime<Utc>,
+    /// The latest day a usage record was written for, so that a clock that steps back
+    /// between two appends never rewrites an earlier day (see docs/projections.md).
+    pub usage_last_day: Option<i64>,
+}
+
+/// One member of one license (SPEC §1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MemberRecord {
+    pub status: Status,
+    pub source: Source,
+    pub role: Role,
+    pub added_at: DateTime<Utc>,
+    pub added_by: Actor,
+    pub updated_at: DateTime<Utc>,
+    pub ou_path: Option<OuPath>,
+}
+
+/// One day of one license's usage. Only days on which someone came to hold or
+/// stopped holding a seat have a record; a day without one has the users_count of the
+/// latest record before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UsageRecord {
+    /// users_count after the day's last event.
+    pub users_count: u64,
+    /// By `Source::ALL` index.
+    pub added: Vec<u64>,
+    pub removed: Vec<u64>,
+}
+
+impl UsageRecord {
+    pub fn count(counts: &mut Vec<u64>, source: Source) {
+        if counts.len() < Source::ALL.len() {
+            counts.resize(Source::ALL.len(), 0);
+        }
+        counts[source_index(source)] += 1;
+    }
+}
+
+pub(crate) fn source_index(source: Source) -> usize {
+    Source::ALL
+        .iter()
+        .position(|candidate| *candidate == source)
+        .expect("Source::ALL lists every source")
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Records are plain data (strings, numbers, enums, timestamps), for which MessagePack
+    // encoding into a Vec cannot fail.
+    rmp_serde::to_vec_named(value).expect("records always encode to MessagePack")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, ProjectionError> {
+    rmp_serde::from_slice(bytes).map_err(|error| ProjectionError::Corrupt {
+        what,
+        reason: error.to_string(),
+    })
+}

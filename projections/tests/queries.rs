@@ -1,0 +1,882 @@
+//! Unit tests of each query and of the projection mechanics, on small hand-made histories
+//! recorded by the real aggregate.
+
+mod support;
+
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use domain::events::{DomainAdminGranted, DomainAdminRevoked, DomainClaimed, Event};
+use domain::query::EmailPattern;
+use domain::{Actor, DomainName, LicenseCommand, LicenseType, Role, Source, Status};
+use projections::{
+    Bucket, LIST_USERS_PAGE_SIZE_MAX, ListUsersRequest, ProjectionError, Projections, SortColumn,
+};
+use support::*;
+
+fn projections_of(world: &World) -> (tempfile::TempDir, Projections) {
+    let directory = tempfile::tempdir().unwrap();
+    let projections = Projections::open(directory.path()).unwrap();
+    projections.apply_batch(&world.events).unwrap();
+    (directory, projections)
+}
+
+fn all_pages(projections: &Projections, request: &ListUsersRequest) -> Vec<String> {
+    let mut request = request.clone();
+    let mut emails = Vec::new();
+    loop {
+        let page = projections.list_users(&request).unwrap();
+        assert!(page.users.len() <= request.page_size);
+        emails.extend(page.users.iter().map(|user| user.email.as_str().to_owned()));
+        match page.next_page_token {
+            Some(token) => request.page_token = Some(token),
+            None => return emails,
+        }
+    }
+}
+
+/// Eight members: two batches by two actors at two times, then roles from a domain scan.
+fn sample_world() -> World {
+    let mut world = World::new();
+    world.issue("L1", LicenseType::District, 100, 1);
+    // By staff: accepted at once (INV-1).
+    world.add(
+        "L1",
+        Actor::Staff,
+        &["d@north.edu", "b@gmail.com", "h@gmail.com"],
+    );
+    world.now += Duration::hours(1);
+    // By the admin, domain admin of north.edu: north.edu accepted, others invited.
+    world.add(
+        "L1",
+        Actor::User(staff_admin()),
+        &["a@north.edu", "c@gmail.com", "e@north.edu"],
+    );
+    world.now += Duration::hours(1);
+    let scanned = LicenseCommand::ScanDomain {
+        domain: DomainName::parse("north.edu").unwrap(),
+        accounts: vec![
+            domain::ScannedAccount {
+                email: email("f@north.edu"),
+                role: Role::Student,
+            },
+            domain::ScannedAccount {
+                email: email("g@north.edu"),
+                role: Role::Teacher,
+            },
+        ],
+    };
+    // Without a claim the scan is refused; claim first (district licenses always may).
+    assert!(world.run(
+        "L1",
+        Actor::Staff,
+        LicenseCommand::ClaimDomain {
+            domain: DomainName::parse("north.edu").unwrap(),
+            dedicated: false,
+        }
+    ));
+    assert!(world.run("L1", Actor::System, scanned));
+    world
+}
+
+#[test]
+fn every_sort_column_both_ways_matches_the_reference_with_email_ties() {
+    // sortable by any column, ascending or descending, ties broken by email ascending.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let state = world.state("L1");
+    for sort in [
+        SortColumn::Email,
+        SortColumn::Status,
+        SortColumn::Source,
+        SortColumn::Role,
+        SortColumn::AddedAt,
+        SortColumn::AddedBy,
+    ] {
+        for descending in [false, true] {
+            let mut request = ListUsersRequest::new(license_id("L1"));
+            request.sort = sort;
+            request.descending = descending;
+            request.page_size = 3;
+            let expected = Reference {
+                pattern: None,
+                role_is: None,
+                role_is_not: None,
+                status: None,
+                source: None,
+                sort,
+                descending,
+            }
+            .emails(state);
+            assert_eq!(
+                all_pages(&projections, &request),
+                expected,
+                "{sort:?} descending={descending}"
+            );
+        }
+    }
+    // Ties: status descending puts the invited before the accepted, each group by email.
+    let mut request = ListUsersRequest::new(license_id("L1"));
+    request.sort = SortColumn::Status;
+    request.descending = true;
+    let emails = all_pages(&projections, &request);
+    assert_eq!(
+        emails,
+        [
+            "c@gmail.com",
+            "a@north.edu",
+            "b@gmail.com",
+            "d@north.edu",
+            "e@north.edu",
+            "f@north.edu",
+            "g@north.edu",
+            "h@gmail.com",
+        ]
+    );
+}
+
+#[test]
+fn pattern_search_is_case_insensitive_with_percent_wildcards() {
+    // `%` matches any run of characters, no `%` is an exact match, case-insensitive.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let search = |raw: &str, sort: SortColumn| {
+        let mut request = ListUsersRequest::new(license_id("L1"));
+        request.pattern = Some(raw.to_owned());
+        request.sort = sort;
+        request.page_size = 2;
+        all_pages(&projections, &request)
+    };
+    assert_eq!(
+        search("%GMAIL%", SortColumn::Email),
+        ["b@gmail.com", "c@gmail.com", "h@gmail.com"]
+    );
+    assert_eq!(
+        search("%gmail%", SortColumn::Status),
+        ["b@gmail.com", "h@gmail.com", "c@gmail.com"]
+    );
+    assert_eq!(search("A@North.edu", SortColumn::Email), ["a@north.edu"]);
+    assert_eq!(search("a@north", SortColumn::Email), Vec::<String>::new());
+    assert_eq!(search("g%", SortColumn::Role), ["g@north.edu"]);
+    assert_eq!(search("%", SortColumn::Email).len(), 8);
+    let mut descending = ListUsersRequest::new(license_id("L1"));
+    descending.pattern = Some("%@north.edu".to_owned());
+    descending.descending = true;
+    descending.page_size = 2;
+    assert_eq!(
+        all_pages(&projections, &descending),
+        [
+            "g@north.edu",
+            "f@north.edu",
+            "e@north.edu",
+            "d@north.edu",
+            "a@north.edu"
+        ]
+    );
+}
+
+#[test]
+fn role_is_and_role_is_not_and_status_and_source_filters() {
+    // filters by role is / role is not, by status and by source.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let list = |edit: &dyn Fn(&mut ListUsersRequest)| {
+        let mut request = ListUsersRequest::new(license_id("L1"));
+        edit(&mut request);
+        all_pages(&projections, &request)
+    };
+    assert_eq!(list(&|r| r.role_is = Some(Role::Student)), ["f@north.edu"]);
+    assert_eq!(
+        list(&|r| r.role_is_not = Some(Role::Other)),
+        ["f@north.edu", "g@north.edu"]
+    );
+    assert_eq!(list(&|r| r.status = Some(Status::Invited)), ["c@gmail.com"]);
+    assert_eq!(
+        list(&|r| r.source = Some(Source::Domain)),
+        ["f@north.edu", "g@north.edu"]
+    );
+    assert_eq!(
+        list(&|r| {
+            r.source = Some(Source::Email);
+            r.role_is_not = Some(Role::Student);
+            r.pattern = Some("%north%".to_owned());
+        }),
+        ["a@north.edu", "d@north.edu", "e@north.edu"]
+    );
+    let view = projections
+        .member(&license_id("L1"), &email("a@north.edu"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.added_by, "admin@north.edu");
+    assert_eq!(view.source, Source::Email);
+}
+
+#[test]
+fn paging_with_tokens_survives_members_added_and_removed_between_pages() {
+    // keyset page tokens stay correct while members come and go between pages.
+    let mut world = sample_world();
+    let directory = tempfile::tempdir().unwrap();
+    let projections = Projections::open(directory.path()).unwrap();
+    projections.apply_batch(&world.events).unwrap();
+    for (sort, descending) in [
+        (SortColumn::Email, false),
+        (SortColumn::Email, true),
+        (SortColumn::Status, true),
+        (SortColumn::AddedAt, false),
+    ] {
+        let mut request = ListUsersRequest::new(license_id("L1"));
+        request.sort = sort;
+        request.descending = descending;
+        request.page_size = 3;
+        let first = projections.list_users(&request).unwrap();
+        let seen: Vec<String> = first
+            .users
+            .iter()
+            .map(|u| u.email.as_str().to_owned())
+            .collect();
+        // Remove one already shown and one not yet shown; add a newcomer.
+        let first_shown = seen[0].clone();
+        let cursor_row = seen[2].clone();
+        let not_shown = world
+            .state("L1")
+            .members()
+            .map(|(e, _)| e.as_str().to_owned())
+            .find(|e| !seen.contains(e))
+            .unwrap();
+        let checkpoint = projections.checkpoint().unwrap();
+        world.now += Duration::minutes(1);
+        world.remove("L1", &[&first_shown, &not_shown]);
+        world.add("L1", Actor::Staff, &["zz-new@gmail.com"]);
+        projections
+            .apply_batch(&world.events_since(checkpoint))
+            .unwrap();
+        request.page_token = first.next_page_token.clone();
+        let rest = all_pages(&projections, &request);
+        // Exactly the rows after the cursor in the current order: none repeated, none
+        // skipped, the removed one gone and the newcomer present when it sorts later.
+        let expected: Vec<String> = Reference {
+            pattern: None,
+            role_is: None,
+            role_is_not: None,
+            status: None,
+            source: None,
+            sort,
+            descending,
+        }
+        .emails(world.state("L1"))
+        .into_iter()
+        .skip_while(|e| *e != cursor_row)
+        .skip(1)
+        .collect();
+        assert_eq!(rest, expected, "{sort:?} descending={descending}");
+        assert!(!rest.contains(&not_shown));
+        let checkpoint = projections.checkpoint().unwrap();
+        world.now += Duration::minutes(1);
+        world.add("L1", Actor::Staff, &[&first_shown, &not_shown]);
+        world.remove("L1", &["zz-new@gmail.com"]);
+        projections
+            .apply_batch(&world.events_since(checkpoint))
+            .unwrap();
+    }
+}
+
+#[test]
+fn malformed_page_tokens_and_page_sizes_are_refused() {
+    // a malformed token is an error (INVALID_ARGUMENT); page size max 1,000.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let mut request = ListUsersRequest::new(license_id("L1"));
+    request.page_size = 2;
+    let token = projections
+        .list_users(&request)
+        .unwrap()
+        .next_page_token
+        .unwrap();
+    for bad in ["zz", "0", "01", "01000000", "0101000005616263"] {
+        request.page_token = Some(bad.to_owned());
+        assert!(
+            matches!(
+                projections.list_users(&request),
+                Err(ProjectionError::InvalidPageToken)
+            ),
+            "{bad}"
+        );
+    }
+    // A token of one sort order does not continue another.
+    request.page_token = Some(token);
+    request.sort = SortColumn::Role;
+    assert!(matches!(
+        projections.list_users(&request),
+        Err(ProjectionError::InvalidPageToken)
+    ));
+    request.page_token = None;
+    request.page_size = LIST_USERS_PAGE_SIZE_MAX + 1;
+    assert!(matches!(
+        projections.list_users(&request),
+        Err(ProjectionError::InvalidPageSize { .. })
+    ));
+    request.page_size = 0;
+    assert!(matches!(
+        projections.list_users(&request),
+        Err(ProjectionError::InvalidPageSize { .. })
+    ));
+    let unknown = ListUsersRequest::new(license_id("nope"));
+    assert!(matches!(
+        projections.list_users(&unknown),
+        Err(ProjectionError::LicenseNotFound)
+    ));
+}
+
+#[test]
+fn get_license_counts_and_fields_agree_with_the_aggregate() {
+    // Q-1, SEAT-1: counts by status, users_count, seats_free, over_by, expired at `now`.
+    let mut world = sample_world();
+    assert!(world.run("L1", Actor::Staff, LicenseCommand::ChangeSeats { seats: 5 }));
+    let (_directory, projections) = projections_of(&world);
+    let state = world.state("L1");
+    let view = projections
+        .get_license(&license_id("L1"), world.now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.counts.accepted, state.counts().accepted);
+    assert_eq!(view.counts.invited, state.counts().invited);
+    assert_eq!(view.users_count, 8);
+    assert_eq!((view.seats, view.seats_free, view.over_by), (5, 0, 3));
+    assert!(!view.expired);
+    assert!(
+        projections
+            .get_license(&license_id("L1"), time("2027-08-01T00:00:00Z"))
+            .unwrap()
+            .unwrap()
+            .expired
+    );
+    assert_eq!(view.domains, [DomainName::parse("north.edu").unwrap()]);
+    assert_eq!(view.admins, [staff_admin()]);
+    assert!(view.key.matches(state.key()));
+    assert!(
+        projections
+            .get_license(&license_id("L2"), world.now)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn user_licenses_invites_and_domains() {
+    // INV-3, LIC-5: a user's licenses with status, pending invites, domains.
+    let mut world = sample_world();
+    world.issue("L2", LicenseType::School, 10, 10);
+    world.add("L2", Actor::User(staff_admin()), &["c@gmail.com"]);
+    let granted = DomainAdminGranted {
+        domain: DomainName::parse("north.edu").unwrap(),
+        email: email("c@gmail.com"),
+    };
+    let granted_south = DomainAdminGranted {
+        domain: DomainName::parse("south.edu").unwrap(),
+        email: email("c@gmail.com"),
+    };
+    world.record(
+        "domain-north.edu",
+        &Actor::Staff,
+        vec![Event::from(granted)],
+    );
+    world.record(
+        "domain-south.edu",
+        &Actor::Staff,
+        vec![Event::from(granted_south)],
+    );
+    let revoked = DomainAdminRevoked {
+        domain: DomainName::parse("south.edu").unwrap(),
+        email: email("c@gmail.com"),
+    };
+    world.record(
+        "domain-south.edu",
+        &Actor::Staff,
+        vec![Event::from(revoked)],
+    );
+    let (_directory, projections) = projections_of(&world);
+    let c = email("c@gmail.com");
+    let licenses = projections.licenses_of_user(&c).unwrap();
+    assert_eq!(licenses.len(), 2);
+    assert!(licenses.iter().all(|entry| entry.status == Status::Invited));
+    assert_eq!(
+        projections.invites_of_user(&c).unwrap(),
+        [license_id("L1"), license_id("L2")]
+    );
+    assert_eq!(
+        projections.invites_of_user(&email("a@north.edu")).unwrap(),
+        []
+    );
+    assert_eq!(
+        projections.domains_administered_by(&c).unwrap(),
+        [DomainName::parse("north.edu").unwrap()]
+    );
+    assert_eq!(
+        projections
+            .domain_admins(&DomainName::parse("north.edu").unwrap())
+            .unwrap(),
+        std::slice::from_ref(&c)
+    );
+    assert_eq!(
+        projections
+            .domain_admins(&DomainName::parse("south.edu").unwrap())
+            .unwrap(),
+        []
+    );
+    // Accepting moves the invite out of the pending list.
+    let checkpoint = projections.checkpoint().unwrap();
+    assert!(world.run("L1", Actor::User(c.clone()), LicenseCommand::AcceptInvite));
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    assert_eq!(projections.invites_of_user(&c).unwrap(), [license_id("L2")]);
+}
+
+#[test]
+fn key_and_link_lookups_follow_rotation() {
+    // LIC-6, KEY-1, LINK-1: the old secret stops working at once; only hashes are stored.
+    let mut world = World::new();
+    world.issue("T1", LicenseType::Teacher, 5, 100);
+    world.issue("S1", LicenseType::School, 5, 200);
+    let (directory, projections) = projections_of(&world);
+    assert_eq!(
+        projections.license_by_key(&secret(100)).unwrap(),
+        Some(license_id("T1"))
+    );
+    assert_eq!(
+        projections.license_by_link(&secret(101)).unwrap(),
+        Some(license_id("T1"))
+    );
+    assert_eq!(
+        projections.license_by_key(&secret(200)).unwrap(),
+        Some(license_id("S1"))
+    );
+    // LINK-1: other types have no link.
+    assert_eq!(projections.license_by_link(&secret(201)).unwrap(), None);
+    let checkpoint = projections.checkpoint().unwrap();
+    assert!(world.run(
+        "T1",
+        Actor::Staff,
+        LicenseCommand::RotateKey { key: secret(300) }
+    ));
+    assert!(world.run(
+        "T1",
+        Actor::Staff,
+        LicenseCommand::RotateLink { link: secret(301) }
+    ));
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    assert_eq!(projections.license_by_key(&secret(100)).unwrap(), None);
+    assert_eq!(projections.license_by_link(&secret(101)).unwrap(), None);
+    assert_eq!(
+        projections.license_by_key(&secret(300)).unwrap(),
+        Some(license_id("T1"))
+    );
+    assert_eq!(
+        projections.license_by_link(&secret(301)).unwrap(),
+        Some(license_id("T1"))
+    );
+    // The secrets themselves are nowhere in the lookup trees' keys.
+    drop(projections);
+    let raw = sled::open(directory.path()).unwrap();
+    for name in raw.tree_names() {
+        for item in raw.open_tree(name).unwrap().iter() {
+            let (key, _) = item.unwrap();
+            assert!(!String::from_utf8_lossy(&key).contains(secret(300).expose()));
+        }
+    }
+}
+
+#[test]
+fn domain_claims_map_to_their_license_until_released() {
+    // DOM-3, DOM-5: claimed domain -> license, from either stream, until released.
+    let mut world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let north = DomainName::parse("north.edu").unwrap();
+    assert_eq!(
+        projections.license_by_claimed_domain(&north).unwrap(),
+        Some(license_id("L1"))
+    );
+    let checkpoint = projections.checkpoint().unwrap();
+    assert!(world.run(
+        "L1",
+        Actor::Staff,
+        LicenseCommand::ReleaseDomain {
+            domain: north.clone()
+        }
+    ));
+    let claimed = DomainClaimed {
+        domain: DomainName::parse("west.edu").unwrap(),
+        license: license_id("L9"),
+    };
+    world.record("domain-west.edu", &Actor::Staff, vec![Event::from(claimed)]);
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    assert_eq!(projections.license_by_claimed_domain(&north).unwrap(), None);
+    assert_eq!(
+        projections
+            .license_by_claimed_domain(&DomainName::parse("west.edu").unwrap())
+            .unwrap(),
+        Some(license_id("L9"))
+    );
+}
+
+#[test]
+fn history_indexes_hold_positions_by_license_and_by_user() {
+    // the events that touched a license or a user, oldest first, as log positions.
+    let mut world = sample_world();
+    world.issue("L2", LicenseType::School, 10, 10);
+    world.add("L2", Actor::Staff, &["a@north.edu"]);
+    let (_directory, projections) = projections_of(&world);
+    let of_l2: Vec<u64> = world
+        .events
+        .iter()
+        .filter(|event| event.stream == "license-L2")
+        .map(|event| event.position)
+        .collect();
+    assert_eq!(
+        projections
+            .license_history(&license_id("L2"), None, 100)
+            .unwrap(),
+        of_l2
+    );
+    let of_a: Vec<u64> = world
+        .events
+        .iter()
+        .filter(|event| event.event.member_email() == Some(&email("a@north.edu")))
+        .map(|event| event.position)
+        .collect();
+    assert_eq!(of_a.len(), 2);
+    assert_eq!(
+        projections
+            .user_history(&email("a@north.edu"), None, 100)
+            .unwrap(),
+        of_a
+    );
+    // Paged after a position.
+    assert_eq!(
+        projections
+            .user_history(&email("a@north.edu"), Some(of_a[0]), 1)
+            .unwrap(),
+        [of_a[1]]
+    );
+    assert!(
+        projections
+            .license_history(&license_id("L2"), None, 0)
+            .is_err()
+    );
+}
+
+#[test]
+fn usage_by_day_and_by_monday_week() {
+    // users_count at the end of each bucket, added and removed by source; weeks
+    // start Monday 00:00 UTC.
+    let mut world = World::new();
+    // Wednesday 2026-09-02.
+    world.now = time("2026-09-02T10:00:00Z");
+    world.issue("L1", LicenseType::District, 3, 1);
+    world.add("L1", Actor::Staff, &["a@x.org", "b@x.org"]);
+    // Thursday: one invite (counts as added), one removal.
+    world.now = time("2026-09-03T23:59:59Z");
+    world.add("L1", Actor::User(staff_admin()), &["c@x.org"]);
+    world.remove("L1", &["a@x.org"]);
+    // Monday 2026-09-07: the invite is rejected (a removal), key redeems fill seats.
+    world.now = time("2026-09-07T00:00:00Z");
+    assert!(world.run(
+        "L1",
+        Actor::User(email("c@x.org")),
+        LicenseCommand::RejectInvite
+    ));
+    for user in ["d@x.org", "e@x.org", "f@x.org"] {
+        assert!(world.run(
+            "L1",
+            Actor::User(email(user)),
+            LicenseCommand::RedeemKey { key: secret(1) }
+        ));
+    }
+    // Tuesday: a seat frees up and the waitlisted user is promoted (added, source key).
+    world.now = time("2026-09-08T12:00:00Z");
+    world.remove("L1", &["b@x.org"]);
+    let (_directory, projections) = projections_of(&world);
+    let days = projections
+        .usage(
+            &license_id("L1"),
+            time("2026-09-01T00:00:00Z"),
+            time("2026-09-09T00:00:00Z"),
+            Bucket::Day,
+        )
+        .unwrap();
+    let counts: Vec<u64> = days.iter().map(|day| day.users_count).collect();
+    assert_eq!(counts, [0, 2, 2, 2, 2, 2, 3, 3]);
+    assert_eq!(days[1].added.get(&Source::Email), Some(&2));
+    assert_eq!(days[2].added.get(&Source::Email), Some(&1));
+    assert_eq!(days[2].removed.get(&Source::Email), Some(&1));
+    assert_eq!(days[6].removed.get(&Source::Email), Some(&1));
+    assert_eq!(days[6].added.get(&Source::Key), Some(&2));
+    assert_eq!(days[7].added.get(&Source::Key), Some(&1));
+    assert_eq!(days[7].removed.get(&Source::Email), Some(&1));
+    assert_eq!(world.state("L1").users_count(), 3);
+    let weeks = projections
+        .usage(
+            &license_id("L1"),
+            time("2026-09-02T10:00:00Z"),
+            time("2026-09-08T00:00:01Z"),
+            Bucket::Week,
+        )
+        .unwrap();
+    assert_eq!(weeks.len(), 2);
+    assert_eq!(weeks[0].start, time("2026-08-31T00:00:00Z"));
+    assert_eq!(weeks[1].start, time("2026-09-07T00:00:00Z"));
+    assert_eq!(weeks[0].users_count, 2);
+    assert_eq!(weeks[0].added.get(&Source::Email), Some(&3));
+    assert_eq!(weeks[1].users_count, 3);
+    assert_eq!(weeks[1].added.get(&Source::Key), Some(&3));
+    assert!(matches!(
+        projections.usage(&license_id("L1"), world.now, world.now, Bucket::Day),
+        Err(ProjectionError::EmptyRange)
+    ));
+    assert!(matches!(
+        projections.usage(
+            &license_id("L1"),
+            time("2020-01-01T00:00:00Z"),
+            time("2026-01-01T00:00:00Z"),
+            Bucket::Day
+        ),
+        Err(ProjectionError::TooManyBuckets { .. })
+    ));
+}
+
+#[test]
+fn checkpoint_survives_reopening_and_applies_nothing_twice() {
+    // AUD-6: the checkpoint is written with the batch; a reopened projection resumes from it.
+    let world = sample_world();
+    let directory = tempfile::tempdir().unwrap();
+    let half = world.events.len() / 2;
+    {
+        let projections = Projections::open(directory.path()).unwrap();
+        projections.apply_batch(&world.events[..half]).unwrap();
+        assert_eq!(
+            projections.checkpoint().unwrap(),
+            world.events[half - 1].position
+        );
+    }
+    let projections = Projections::open(directory.path()).unwrap();
+    let checkpoint = projections.checkpoint().unwrap();
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    let view = projections
+        .get_license(&license_id("L1"), world.now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.users_count, world.state("L1").users_count());
+}
+
+#[test]
+#[should_panic(expected = "positions must strictly increase")]
+fn applying_a_position_twice_is_a_bug_that_stops_the_projector() {
+    // AUD-6: never applying an event twice.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let _ = projections.apply_batch(&world.events[world.events.len() - 1..]);
+}
+
+#[test]
+fn oversized_batches_and_unknown_streams_are_refused_whole() {
+    // AUD-6: a refused batch writes nothing, not even the checkpoint.
+    let mut world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let before = projections.checkpoint().unwrap();
+    world.issue("L3", LicenseType::School, 5, 50);
+    let mut events = world.events_since(before);
+    events.last_mut().unwrap().stream = "nonsense".into();
+    assert!(matches!(
+        projections.apply_batch(&events),
+        Err(ProjectionError::UnknownStream(_))
+    ));
+    assert_eq!(projections.checkpoint().unwrap(), before);
+    assert!(
+        projections
+            .get_license(&license_id("L3"), world.now)
+            .unwrap()
+            .is_none()
+    );
+    let many = vec![events[0].clone(); projections::APPLY_BATCH_EVENTS_MAX + 1];
+    assert!(matches!(
+        projections.apply_batch(&many),
+        Err(ProjectionError::BatchTooLarge { .. })
+    ));
+}
+
+#[test]
+fn wait_for_returns_once_the_checkpoint_reaches_the_position_or_times_out() {
+    // AUD-6 read-your-writes: a query after a command waits for its position.
+    let world = sample_world();
+    let directory = tempfile::tempdir().unwrap();
+    let projections = std::sync::Arc::new(Projections::open(directory.path()).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let last = world.events.last().unwrap().position;
+    runtime.block_on(async {
+        let timed_out = projections
+            .wait_for(last, StdDuration::from_millis(20))
+            .await;
+        assert_eq!(timed_out.unwrap_err().checkpoint, 0);
+        let waiting = {
+            let projections = std::sync::Arc::clone(&projections);
+            tokio::spawn(
+                async move { projections.wait_for(last, StdDuration::from_secs(30)).await },
+            )
+        };
+        tokio::task::yield_now().await;
+        projections.apply_batch(&world.events).unwrap();
+        waiting.await.unwrap().unwrap();
+        projections.wait_for(1, StdDuration::ZERO).await.unwrap();
+    });
+}
+
+#[test]
+fn a_schema_change_rebuilds_a_fresh_generation_and_swaps_it_in() {
+    // AUD-5: the rebuilt generation equals the live one; the old one answers until the swap.
+    let mut world = sample_world();
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let old = Projections::open_with_schema_version(directory.path(), 1).unwrap();
+        old.apply_batch(&world.events).unwrap();
+        assert!(!old.needs_rebuild().unwrap());
+    }
+    let projections = Projections::open_with_schema_version(directory.path(), 2).unwrap();
+    assert!(projections.needs_rebuild().unwrap());
+    let old_name = projections.generation_name();
+    let live_digest = projections.digest().unwrap();
+    let rebuild = projections.begin_rebuild().unwrap();
+    rebuild.apply_batch(&world.events[..3]).unwrap();
+    // Behind the live checkpoint: not swapped, and the old generation still answers.
+    let rebuild = match projections.finish_rebuild(rebuild) {
+        Err(ProjectionError::RebuildBehind { .. }) => projections.begin_rebuild().unwrap(),
+        other => panic!("expected RebuildBehind, got {other:?}"),
+    };
+    assert_eq!(projections.generation_name(), old_name);
+    // The live projection moves on while the rebuild catches up.
+    let checkpoint = projections.checkpoint().unwrap();
+    world.add("L1", Actor::Staff, &["late@north.edu"]);
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    for chunk in world.events.chunks(4) {
+        rebuild.apply_batch(chunk).unwrap();
+    }
+    assert_ne!(rebuild.digest().unwrap(), live_digest);
+    assert_eq!(rebuild.digest().unwrap(), projections.digest().unwrap());
+    let new_name = rebuild.generation_name().to_owned();
+    projections.finish_rebuild(rebuild).unwrap();
+    assert_eq!(projections.generation_name(), new_name);
+    assert!(!projections.needs_rebuild().unwrap());
+    assert_eq!(
+        projections
+            .get_license(&license_id("L1"), world.now)
+            .unwrap()
+            .unwrap()
+            .users_count,
+        world.state("L1").users_count()
+    );
+    drop(projections);
+    // The pointer survives a restart, and only the current generation's tree is left.
+    let reopened = Projections::open_with_schema_version(directory.path(), 2).unwrap();
+    assert_eq!(reopened.generation_name(), new_name);
+    assert!(!reopened.needs_rebuild().unwrap());
+}
+
+#[test]
+fn pattern_pages_over_many_members_agree_with_the_reference_both_ways() {
+    // `%pattern%` searches page through the in-memory email text in either direction,
+    // including while members change between pages.
+    let mut world = World::new();
+    world.issue("L1", LicenseType::District, 1_000, 1);
+    let emails: Vec<String> = (0..300)
+        .map(|n| format!("user{n}@school{}.edu", n % 7))
+        .collect();
+    let borrowed: Vec<&str> = emails.iter().map(String::as_str).collect();
+    world.add("L1", Actor::Staff, &borrowed);
+    let (_directory, projections) = projections_of(&world);
+    for raw in ["%1%", "%SCHOOL3%", "user2%", "%7@%", "%.edu", "%u%1%3%"] {
+        let pattern = EmailPattern::parse(raw).unwrap();
+        for sort in [SortColumn::Email, SortColumn::AddedBy] {
+            for descending in [false, true] {
+                let mut request = ListUsersRequest::new(license_id("L1"));
+                request.pattern = Some(raw.to_owned());
+                request.sort = sort;
+                request.descending = descending;
+                request.page_size = 7;
+                let expected = Reference {
+                    pattern: Some(&pattern),
+                    role_is: None,
+                    role_is_not: None,
+                    status: None,
+                    source: None,
+                    sort,
+                    descending,
+                }
+                .emails(world.state("L1"));
+                assert_eq!(
+                    all_pages(&projections, &request),
+                    expected,
+                    "{raw} {sort:?} {descending}"
+                );
+            }
+        }
+    }
+    // The loaded email lists follow later batches: removals, newcomers, returns.
+    let checkpoint = projections.checkpoint().unwrap();
+    world.now += Duration::minutes(5);
+    world.remove(
+        "L1",
+        &[
+            "user1@school1.edu",
+            "user10@school3.edu",
+            "user100@school2.edu",
+        ],
+    );
+    world.add(
+        "L1",
+        Actor::Staff,
+        &["user1000@school3.edu", "a1@school3.edu"],
+    );
+    projections
+        .apply_batch(&world.events_since(checkpoint))
+        .unwrap();
+    for raw in ["%1%", "%school3%"] {
+        let pattern = EmailPattern::parse(raw).unwrap();
+        for descending in [false, true] {
+            let mut request = ListUsersRequest::new(license_id("L1"));
+            request.pattern = Some(raw.to_owned());
+            request.descending = descending;
+            request.page_size = 11;
+            let expected = Reference {
+                pattern: Some(&pattern),
+                role_is: None,
+                role_is_not: None,
+                status: None,
+                source: None,
+                sort: SortColumn::Email,
+                descending,
+            }
+            .emails(world.state("L1"));
+            assert_eq!(
+                all_pages(&projections, &request),
+                expected,
+                "{raw} {descending}"
+            );
+        }
+    }
+    let mut request = ListUsersRequest::new(license_id("L1"));
+    request.pattern = Some("%".repeat(300));
+    assert!(matches!(
+        projections.list_users(&request),
+        Err(ProjectionError::InvalidPattern(_))
+    ));
+}
