@@ -1,2 +1,218 @@
-//! The gRPC service. It arrives with issue 5; until then this crate only reserves its
-//! place in the workspace.
+//! The license ledger's gRPC service: commands, queries and the event feed, over the domain,
+//! the ledger and the projections. Like mini-redis, the binary is thin: it parses flags and
+//! calls `run(listener, config, shutdown)`, which tests call too, on port 0.
+
+pub mod auth;
+pub mod clock;
+pub mod commands;
+pub mod core;
+pub mod feed;
+pub mod history;
+pub mod idempotency;
+pub mod projector;
+pub mod queries;
+pub mod status;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use auth::{Scope, Tokens};
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// Limits on what one request may ask of the server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest decoded gRPC message.
+    pub message_bytes_max: usize,
+    /// The most bytes one CSV import may stream.
+    pub csv_import_bytes_max: u64,
+    /// How long a query waits for the projections to reach `x-min-position`.
+    pub read_your_writes_wait_ms: u64,
+    /// The most concurrent HTTP/2 streams per connection.
+    pub concurrent_streams_max: u32,
+    /// The longest a call may run before it is cancelled.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            message_bytes_max: 16 * 1024 * 1024,
+            csv_import_bytes_max: 512 * 1024 * 1024,
+            read_your_writes_wait_ms: 5_000,
+            concurrent_streams_max: 256,
+            request_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Where the event log lives.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded segment-file log under `<data_dir>/log`.
+    Embedded,
+    /// A KurrentDB cluster (`kurrentdb://...`), when built with the `kurrentdb` feature.
+    KurrentDb(String),
+}
+
+/// Everything `run` needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Holds the embedded log (`log/`), the projections (`projections/`) and the server's
+    /// own caches (`server/`).
+    pub data_dir: PathBuf,
+    pub backend: Backend,
+    pub tokens: Tokens,
+    pub clock: Arc<dyn Clock>,
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// The embedded store in `data_dir`, with default limits.
+    pub fn embedded(data_dir: impl Into<PathBuf>, tokens: Tokens, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            backend: Backend::Embedded,
+            tokens,
+            clock,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the event log failed: {0}")]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("the server's store failed: {0}")]
+    Store(String),
+    #[error("an event in the log cannot be read: {0}")]
+    Decode(String),
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight calls finish, and closes the log.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    use std::time::Duration;
+
+    use proto::event_feed_server::EventFeedServer;
+    use proto::license_commands_server::LicenseCommandsServer;
+    use proto::license_queries_server::LicenseQueriesServer;
+
+    std::fs::create_dir_all(&config.data_dir)?;
+    // The embedded log is kept by its own type too, so that shutdown can close it: its
+    // directory can then be opened again in the same process (a restart in a test).
+    let mut embedded: Option<Arc<ledger::EmbeddedLog>> = None;
+    let log: Arc<dyn ledger::EventLog> = match &config.backend {
+        Backend::Embedded => {
+            let log = Arc::new(ledger::EmbeddedLog::open(
+                config.data_dir.join("log"),
+                ledger::EmbeddedOptions::default(),
+            )?);
+            embedded = Some(log.clone());
+            log
+        }
+        Backend::KurrentDb(url) => open_kurrentdb(url).await?,
+    };
+    let core = Arc::new(
+        core::Core::open(log.clone(), config.clock.clone())
+            .await
+            .map_err(|error| ServerError::Decode(error.to_string()))?,
+    );
+    let store = sled::open(config.data_dir.join("server"))
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    let outcomes = idempotency::Outcomes::new(
+        store
+            .open_tree("command_outcomes")
+            .map_err(|e| ServerError::Store(e.to_string()))?,
+    );
+    let limits = &config.limits;
+    let commands = LicenseCommandsServer::new(commands::CommandService {
+        core: core.clone(),
+        tokens: config.tokens.clone(),
+        outcomes,
+        csv_import_bytes_max: limits.csv_import_bytes_max,
+    })
+    .max_decoding_message_size(limits.message_bytes_max)
+    .max_encoding_message_size(limits.message_bytes_max);
+    let projections = Arc::new(
+        projections::Projections::open(config.data_dir.join("projections"))
+            .map_err(|e| ServerError::Store(e.to_string()))?,
+    );
+    let projector = tokio::spawn(projector::run(log.clone(), projections.clone()));
+    let queries = LicenseQueriesServer::new(queries::QueryService {
+        core: core.clone(),
+        projections: projections.clone(),
+        tokens: config.tokens.clone(),
+        read_your_writes_wait_ms: limits.read_your_writes_wait_ms,
+    })
+    .max_decoding_message_size(limits.message_bytes_max)
+    .max_encoding_message_size(limits.message_bytes_max);
+    let feed = EventFeedServer::new(feed::FeedService {
+        core: core.clone(),
+        tokens: config.tokens.clone(),
+    })
+    .max_decoding_message_size(limits.message_bytes_max);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LicenseCommandsServer<commands::CommandService>>()
+        .await;
+    health_reporter
+        .set_serving::<LicenseQueriesServer<queries::QueryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    tracing::info!(address = ?listener.local_addr().ok(), "serving");
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.concurrent_streams_max)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(commands)
+        .add_service(queries)
+        .add_service(feed)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    // Every call has finished: stop the projector (it resumes from its checkpoint on the
+    // next start) and flush what the caches hold; the log itself is already durable.
+    projector.abort();
+    store
+        .flush_async()
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    drop(core);
+    if let Some(log) = embedded {
+        log.close().await?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(feature = "kurrentdb")]
+async fn open_kurrentdb(url: &str) -> Result<Arc<dyn ledger::EventLog>, ServerError> {
+    Ok(Arc::new(ledger::KurrentLog::connect(url).await?))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+async fn open_kurrentdb(_url: &str) -> Result<Arc<dyn ledger::EventLog>, ServerError> {
+    Err(ServerError::Config(
+        "this server was built without the kurrentdb feature; rebuild with --features kurrentdb"
+            .into(),
+    ))
+}

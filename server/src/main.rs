@@ -1,0 +1,91 @@
+//! `license-server`: parses flags and environment, then calls `server::run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "The license ledger's gRPC server")]
+struct Flags {
+    /// Address to listen on.
+    #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Directory of the embedded log, the projections and the server's caches.
+    #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// `embedded` (the default) or a `kurrentdb://...` connection string.
+    #[arg(long, env = "LEDGER_BACKEND", default_value = "embedded")]
+    backend: String,
+    /// A tokens file of `scope token` lines. Without it, the data directory's development
+    /// tokens are used (made on first start in `<data-dir>/dev-tokens.txt`).
+    #[arg(long, env = "LEDGER_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, env = "LEDGER_JSON_LOGS")]
+    json_logs: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if flags.json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    std::fs::create_dir_all(&flags.data_dir)?;
+    let tokens = match &flags.tokens_file {
+        Some(path) => server::Tokens::load(path)?,
+        None => {
+            let tokens = server::Tokens::development(&flags.data_dir)?;
+            tracing::warn!(
+                file = %flags.data_dir.join(server::auth::DEVELOPMENT_TOKENS_FILE).display(),
+                "using development tokens"
+            );
+            tokens
+        }
+    };
+    let backend = match flags.backend.as_str() {
+        "embedded" => server::Backend::Embedded,
+        url if url.starts_with("kurrentdb://") || url.starts_with("esdb://") => {
+            server::Backend::KurrentDb(url.to_owned())
+        }
+        other => {
+            return Err(
+                format!("unknown backend '{other}': use embedded or kurrentdb://...").into(),
+            );
+        }
+    };
+    let mut config =
+        server::ServerConfig::embedded(&flags.data_dir, tokens, Arc::new(server::SystemClock));
+    config.backend = backend;
+    let listener = tokio::net::TcpListener::bind(&flags.listen).await?;
+    server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}
