@@ -33,6 +33,7 @@ pub struct CommandService {
     pub tokens: Tokens,
     pub outcomes: Outcomes,
     pub csv_import_bytes_max: u64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What every command call carries besides its request.
@@ -126,6 +127,28 @@ impl CommandService {
     /// AUD-4: a command retried with the same id gets its first answer back and appends
     /// nothing; the same id for a different command is FAILED_PRECONDITION.
     async fn once<R, F>(
+        &self,
+        call: &Call,
+        rpc: &str,
+        request: &[u8],
+        run: F,
+    ) -> Result<Response<R>, Status>
+    where
+        R: Message + Default,
+        F: std::future::Future<Output = Result<R, Status>>,
+    {
+        let started = std::time::Instant::now();
+        let answer = self.once_inner(call, rpc, request, run).await;
+        let outcome = match &answer {
+            Ok(_) => "ok".to_owned(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        self.metrics
+            .record_command(rpc, &outcome, started.elapsed());
+        answer
+    }
+
+    async fn once_inner<R, F>(
         &self,
         call: &Call,
         rpc: &str,

@@ -9,6 +9,7 @@ pub mod core;
 pub mod feed;
 pub mod history;
 pub mod idempotency;
+pub mod metrics;
 pub mod projector;
 pub mod queries;
 pub mod status;
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub tokens: Tokens,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.
+    pub metrics_listener: Option<Arc<std::sync::Mutex<Option<std::net::TcpListener>>>>,
 }
 
 impl ServerConfig {
@@ -77,6 +80,7 @@ impl ServerConfig {
             tokens,
             clock,
             limits: Limits::default(),
+            metrics_listener: None,
         }
     }
 }
@@ -138,11 +142,13 @@ pub async fn run(
             .map_err(|e| ServerError::Store(e.to_string()))?,
     );
     let limits = &config.limits;
+    let metrics = metrics::Metrics::default();
     let commands = LicenseCommandsServer::new(commands::CommandService {
         core: core.clone(),
         tokens: config.tokens.clone(),
         outcomes,
         csv_import_bytes_max: limits.csv_import_bytes_max,
+        metrics: metrics.clone(),
     })
     .max_decoding_message_size(limits.message_bytes_max)
     .max_encoding_message_size(limits.message_bytes_max);
@@ -151,6 +157,30 @@ pub async fn run(
             .map_err(|e| ServerError::Store(e.to_string()))?,
     );
     let projector = tokio::spawn(projector::run(log.clone(), projections.clone()));
+    let metrics_server = match config
+        .metrics_listener
+        .as_ref()
+        .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+    {
+        Some(std_listener) => {
+            std_listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            let head_log = embedded.clone();
+            let head_projections = projections.clone();
+            let positions: Arc<dyn Fn() -> (u64, u64) + Send + Sync> = Arc::new(move || {
+                // The embedded log's count of committed events is the API position of its
+                // last event.
+                let head = head_log.as_ref().map_or(0, |log| log.committed_position());
+                (head, head_projections.checkpoint().unwrap_or(0))
+            });
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                positions,
+            )))
+        }
+        None => None,
+    };
     let queries = LicenseQueriesServer::new(queries::QueryService {
         core: core.clone(),
         projections: projections.clone(),
@@ -171,16 +201,24 @@ pub async fn run(
     health_reporter
         .set_serving::<LicenseQueriesServer<queries::QueryService>>()
         .await;
+    // Both reflection versions: grpcurl and most tools ask for v1 first and fall back to
+    // v1alpha, which some clients still only speak.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     tracing::info!(address = ?listener.local_addr().ok(), "serving");
     tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
         .max_concurrent_streams(limits.concurrent_streams_max)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(commands)
         .add_service(queries)
         .add_service(feed)
@@ -192,6 +230,9 @@ pub async fn run(
     // Every call has finished: stop the projector (it resumes from its checkpoint on the
     // next start) and flush what the caches hold; the log itself is already durable.
     projector.abort();
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     store
         .flush_async()
         .await

@@ -21,6 +21,9 @@ struct Flags {
     /// tokens are used (made on first start in `<data-dir>/dev-tokens.txt`).
     #[arg(long, env = "LEDGER_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); off when not given.
+    #[arg(long, env = "LEDGER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "LEDGER_JSON_LOGS")]
     json_logs: bool,
@@ -65,6 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config =
         server::ServerConfig::embedded(&flags.data_dir, tokens, Arc::new(server::SystemClock));
     config.backend = backend;
+    if let Some(address) = &flags.metrics_listen {
+        let listener = std::net::TcpListener::bind(address)?;
+        config.metrics_listener = Some(Arc::new(std::sync::Mutex::new(Some(listener))));
+    }
     let listener = tokio::net::TcpListener::bind(&flags.listen).await?;
     server::run(listener, config, shutdown_signal()).await?;
     Ok(())
