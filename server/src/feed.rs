@@ -57,7 +57,7 @@ pub fn feed_event(recorded: &RecordedEvent) -> FeedEvent {
         revision: recorded.revision,
         r#type: recorded.event_type.clone(),
         schema_version: u32::from(recorded.schema_version),
-        at: recorded.recorded_at.to_rfc3339(),
+        at: crate::time_text(recorded.recorded_at),
         actor: recorded.actor.clone(),
         event_id: recorded.event_id.to_string(),
         command_id: recorded.command_id.to_string(),

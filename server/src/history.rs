@@ -8,12 +8,12 @@ pub fn change_summary(event: &Event) -> String {
     let value: Value = match event {
         Event::LicenseIssued(e) => json!({
             "license": e.license.as_str(), "type": e.license_type.as_str(), "seats": e.seats,
-            "valid_from": e.valid_from.to_rfc3339(), "valid_until": e.valid_until.to_rfc3339(),
+            "valid_from": crate::time_text(e.valid_from), "valid_until": crate::time_text(e.valid_until),
             "admins": e.admins.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
             "auto_enrollment": e.auto_enrollment,
         }),
         Event::LicenseRenewed(e) => {
-            json!({"valid_until": e.valid_until.to_rfc3339(), "previous_valid_until": e.previous_valid_until.to_rfc3339()})
+            json!({"valid_until": crate::time_text(e.valid_until), "previous_valid_until": crate::time_text(e.previous_valid_until)})
         }
         Event::SeatsChanged(e) => json!({"seats": e.seats, "previous_seats": e.previous_seats}),
         Event::LicenseAdminGranted(e) => json!({"email": e.email.as_str()}),

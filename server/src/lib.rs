@@ -21,6 +21,12 @@ use std::sync::Arc;
 pub use auth::{Scope, Tokens};
 pub use clock::{Clock, ManualClock, SystemClock};
 
+/// A time as the API writes it: RFC 3339 in UTC with `Z`, fractions of a second only when
+/// there are any (`2027-07-31T23:59:59Z`).
+pub fn time_text(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Limits on what one request may ask of the server.
 #[derive(Clone, Debug)]
 pub struct Limits {

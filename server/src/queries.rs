@@ -160,7 +160,7 @@ impl QueryService {
                 stream: recorded.stream.clone(),
                 revision: recorded.revision,
                 r#type: recorded.event_type.clone(),
-                at: recorded.recorded_at.to_rfc3339(),
+                at: crate::time_text(recorded.recorded_at),
                 actor: recorded.actor.clone(),
                 email: decoded
                     .event
@@ -209,8 +209,8 @@ impl LicenseQueries for QueryService {
             seats_free: view.seats_free,
             over_by: view.over_by,
             expired: view.expired,
-            valid_from: view.valid_from.to_rfc3339(),
-            valid_until: view.valid_until.to_rfc3339(),
+            valid_from: crate::time_text(view.valid_from),
+            valid_until: crate::time_text(view.valid_until),
             admins: view.admins.iter().map(|a| a.as_str().to_owned()).collect(),
             domains: view.domains.iter().map(|d| d.as_str().to_owned()).collect(),
             ou_paths: view
@@ -308,7 +308,7 @@ impl LicenseQueries for QueryService {
                     status: member.status.as_str().to_owned(),
                     source: member.source.as_str().to_owned(),
                     role: member.role.as_str().to_owned(),
-                    added_at: member.added_at.to_rfc3339(),
+                    added_at: crate::time_text(member.added_at),
                     added_by: member.added_by.clone(),
                 })
                 .collect(),
@@ -399,7 +399,7 @@ impl LicenseQueries for QueryService {
             .map_err(from_projection)?
             .into_iter()
             .map(|b| UsageBucket {
-                start: b.start.to_rfc3339(),
+                start: crate::time_text(b.start),
                 users_count: b.users_count,
                 added: b
                     .added

@@ -663,7 +663,7 @@ impl World {
                     "users_count": state.users_count(), "accepted": counts.accepted, "invited": counts.invited,
                     "rejected": counts.rejected, "waitlisted": counts.waitlisted, "seats_free": state.seats_free(),
                     "over_by": state.over_by(), "expired": state.is_expired(self.now),
-                    "valid_from": state.valid_from().to_rfc3339(), "valid_until": state.valid_until().to_rfc3339(),
+                    "valid_from": state.valid_from().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true), "valid_until": state.valid_until().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                     "admins": state.admins().iter().map(Email::as_str).collect::<Vec<_>>(),
                     "domains": state.domains().iter().map(DomainName::as_str).collect::<Vec<_>>(),
                     "ou_paths": state.ou_paths().iter().map(OuPath::as_str).collect::<Vec<_>>(),
@@ -731,7 +731,9 @@ impl World {
                         "status" => m.status.as_str().to_owned(),
                         "source" => m.source.as_str().to_owned(),
                         "role" => m.role.as_str().to_owned(),
-                        "added_at" => m.added_at.to_rfc3339(),
+                        "added_at" => m
+                            .added_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                         "added_by" => m.added_by.to_string(),
                         _ => e.as_str().to_owned(),
                     }
@@ -754,7 +756,7 @@ impl World {
                 let users: Vec<Value> = rows
                     .iter()
                     .map(|(e, m)| json!({"email": e.as_str(), "status": m.status.as_str(), "source": m.source.as_str(),
-                        "role": m.role.as_str(), "added_at": m.added_at.to_rfc3339(), "added_by": m.added_by.to_string()}))
+                        "role": m.role.as_str(), "added_at": m.added_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true), "added_by": m.added_by.to_string()}))
                     .collect();
                 Ok(json!({"users": users, "more": more}))
             }
@@ -778,6 +780,25 @@ impl World {
                         .map(|d| d.name().as_str())
                         .collect::<Vec<_>>()})),
                 }
+            }
+            "GetUsage" => {
+                let id = LicenseId::parse(text(with, "license")?)?;
+                let from = time_arg(with, "from")?;
+                let to = time_arg(with, "to")?;
+                let bucket_days = match text(with, "bucket")? {
+                    "day" => 1,
+                    "week" => 7,
+                    _ => return Err(invalid("bucket must be day or week")),
+                };
+                if !self.licenses.contains_key(id.as_str()) {
+                    return Err(DomainError::NotFound("license not found".into()).into());
+                }
+                if !self.may_read_license(actor, id.as_str()) {
+                    return Err(denied(
+                        "only the license's admins and staff may read its usage",
+                    ));
+                }
+                Ok(json!({"buckets": self.usage(id.as_str(), from, to, bucket_days)}))
             }
             "History" => {
                 let events: Vec<&Recorded> = if let Some(id) =
@@ -813,11 +834,98 @@ impl World {
                     "type": r.event.type_name(),
                     "actor": r.meta.actor.to_string(),
                     "email": r.event.member_email().map_or("", Email::as_str),
-                    "at": r.meta.at.to_rfc3339(),
+                    "at": r.meta.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                 })).collect::<Vec<_>>()}))
             }
             other => panic!("the domain player does not know the query {other}"),
         }
+    }
+}
+
+impl World {
+    /// buckets aligned at 00:00 UTC (weeks on Monday) covering [from, to); each gives
+    /// users_count at its end and, by source, who came to hold a seat or an invite (joins,
+    /// invites, promotions) and who stopped holding one (removals, rejections).
+    fn usage(
+        &self,
+        id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket_days: i64,
+    ) -> Vec<Value> {
+        use chrono::{Datelike, Duration, TimeZone};
+        let midnight = |at: DateTime<Utc>| {
+            Utc.with_ymd_and_hms(at.year(), at.month(), at.day(), 0, 0, 0)
+                .unwrap()
+        };
+        let mut first = midnight(from);
+        if bucket_days == 7 {
+            first -= Duration::days(i64::from(first.weekday().num_days_from_monday()));
+        }
+        let mut starts = Vec::new();
+        let mut start = first;
+        while start < to {
+            starts.push(start);
+            start += Duration::days(bucket_days);
+        }
+        let mut folded = License::default();
+        let mut buckets: Vec<(u64, BTreeMap<String, u64>, BTreeMap<String, u64>)> =
+            vec![(0, BTreeMap::new(), BTreeMap::new()); starts.len()];
+        let mut count_before = 0;
+        let mut last_seen: Vec<Option<u64>> = vec![None; starts.len()];
+        for recorded in self
+            .history
+            .iter()
+            .filter(|r| r.stream == Stream::License(id.to_owned()))
+        {
+            let before = folded.state().and_then(|s| {
+                recorded
+                    .event
+                    .member_email()
+                    .and_then(|e| s.member(e))
+                    .map(|m| (m.status, m.source))
+            });
+            let held = before.is_some_and(|(status, _)| status.holds_seat());
+            let change = match &recorded.event {
+                Event::UserAdded(e) if !held => Some((true, e.source)),
+                Event::InviteSent(e) if !held => Some((true, e.source)),
+                Event::UserPromoted(_) => before.map(|(_, source)| (true, source)),
+                Event::UserRemoved(_) if held => before.map(|(_, source)| (false, source)),
+                Event::InviteRejected(_) => before.map(|(_, source)| (false, source)),
+                _ => None,
+            };
+            folded.apply(&recorded.meta, &recorded.event);
+            let users = folded.state().map_or(0, |s| s.users_count());
+            let at = recorded.meta.at;
+            if at < first {
+                count_before = users;
+                continue;
+            }
+            let index = ((at - first).num_days() / bucket_days) as usize;
+            if index >= starts.len() {
+                continue;
+            }
+            last_seen[index] = Some(users);
+            if let Some((added, source)) = change {
+                let map = if added {
+                    &mut buckets[index].1
+                } else {
+                    &mut buckets[index].2
+                };
+                *map.entry(source.as_str().to_owned()).or_default() += 1;
+            }
+        }
+        let mut carried = count_before;
+        starts
+            .iter()
+            .zip(buckets)
+            .zip(last_seen)
+            .map(|((start, (_, added, removed)), seen)| {
+                carried = seen.unwrap_or(carried);
+                json!({"start": start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    "users_count": carried, "added": added, "removed": removed})
+            })
+            .collect()
     }
 }
 
