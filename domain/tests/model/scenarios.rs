@@ -869,8 +869,10 @@ impl World {
             start += Duration::days(bucket_days);
         }
         let mut folded = License::default();
-        let mut buckets: Vec<(u64, BTreeMap<String, u64>, BTreeMap<String, u64>)> =
-            vec![(0, BTreeMap::new(), BTreeMap::new()); starts.len()];
+        // Per bucket: (added by source, removed by source).
+        type BySource = BTreeMap<String, u64>;
+        let mut buckets: Vec<(BySource, BySource)> =
+            vec![(BTreeMap::new(), BTreeMap::new()); starts.len()];
         let mut count_before = 0;
         let mut last_seen: Vec<Option<u64>> = vec![None; starts.len()];
         for recorded in self
@@ -920,7 +922,7 @@ impl World {
             .iter()
             .zip(buckets)
             .zip(last_seen)
-            .map(|((start, (_, added, removed)), seen)| {
+            .map(|((start, (added, removed)), seen)| {
                 carried = seen.unwrap_or(carried);
                 json!({"start": start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                     "users_count": carried, "added": added, "removed": removed})
