@@ -910,9 +910,9 @@ impl World {
             last_seen[index] = Some(users);
             if let Some((added, source)) = change {
                 let map = if added {
-                    &mut buckets[index].1
+                    &mut buckets[index].0
                 } else {
-                    &mut buckets[index].2
+                    &mut buckets[index].1
                 };
                 *map.entry(source.as_str().to_owned()).or_default() += 1;
             }
