@@ -438,7 +438,7 @@ impl LicenseCommands for CommandService {
             Some(Ok(ImportCsvChunk {
                 part: Some(import_csv_chunk::Part::Start(start)),
             })) => start,
-            Some(Err(status)) => return Err(status),
+            Some(Err(status)) => return Err(crate::status::stream_status(status)),
             _ => {
                 return Err(invalid(
                     "the first message of ImportCsv must be 'start' with the license and mode",
@@ -468,7 +468,7 @@ impl LicenseCommands for CommandService {
             }
         };
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
+            let chunk = chunk.map_err(crate::status::stream_status)?;
             let Some(import_csv_chunk::Part::Data(data)) = chunk.part else {
                 return Err(invalid("after 'start', ImportCsv takes only 'data' chunks"));
             };

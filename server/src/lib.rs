@@ -220,6 +220,9 @@ pub async fn run(
     tracing::info!(address = ?listener.local_addr().ok(), "serving");
     tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(
+            status::size_limit_as_resource_exhausted,
+        ))
         .max_concurrent_streams(limits.concurrent_streams_max)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health)

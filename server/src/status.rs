@@ -45,3 +45,33 @@ pub fn from_core(error: CoreError) -> Status {
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())
 }
+
+/// ERR-3: tonic refuses a message over the size limit with OUT_OF_RANGE; SPEC names
+/// RESOURCE_EXHAUSTED for it. No handler of ours answers OUT_OF_RANGE, so every such answer
+/// is the size limit's and is renamed on its way out.
+pub fn size_limit_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|value| value.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&exhausted) {
+            response.headers_mut().insert("grpc-status", value);
+        }
+    }
+    response
+}
+
+/// The same renaming for a status met while reading a client stream (ImportCsv).
+pub fn stream_status(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(format!(
+            "a message of the stream is too large: {}; send the file in smaller chunks",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
