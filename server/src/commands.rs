@@ -261,35 +261,24 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<IssueLicenseRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let license_type = LicenseType::parse(&r.r#type).map_err(|e| from_domain(&e))?;
-        let seats = parse_seats(r.seats)?;
-        let valid_from = parse_time(&r.valid_from, "valid_from")?;
-        let valid_until = parse_time(&r.valid_until, "valid_until")?;
-        let admins = r
-            .admins
-            .iter()
-            .map(|a| parse_email(a, "admins"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let command = LicenseCommand::Issue {
-            license: license.clone(),
-            license_type,
-            seats,
-            valid_from,
-            valid_until,
-            admins,
-            key: fresh_secret(),
-            link: fresh_secret(),
-        };
-        self.once(
-            &call,
-            "IssueLicense",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "IssueLicense", |r| {
+            let license = parse_license(&r.license)?;
+            let command = LicenseCommand::Issue {
+                license: license.clone(),
+                license_type: LicenseType::parse(&r.r#type).map_err(|e| from_domain(&e))?,
+                seats: parse_seats(r.seats)?,
+                valid_from: parse_time(&r.valid_from, "valid_from")?,
+                valid_until: parse_time(&r.valid_until, "valid_until")?,
+                admins: r
+                    .admins
+                    .iter()
+                    .map(|a| parse_email(a, "admins"))
+                    .collect::<Result<Vec<_>, _>>()?,
+                key: fresh_secret(),
+                link: fresh_secret(),
+            };
+            Ok((license, command))
+        })
         .await
     }
 
@@ -297,19 +286,12 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<RenewLicenseRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::Renew {
-            valid_until: parse_time(&r.valid_until, "valid_until")?,
-        };
-        self.once(
-            &call,
-            "RenewLicense",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "RenewLicense", |r| {
+            let command = LicenseCommand::Renew {
+                valid_until: parse_time(&r.valid_until, "valid_until")?,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -317,19 +299,12 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<ChangeSeatsRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::ChangeSeats {
-            seats: parse_seats(r.seats)?,
-        };
-        self.once(
-            &call,
-            "ChangeSeats",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "ChangeSeats", |r| {
+            let command = LicenseCommand::ChangeSeats {
+                seats: parse_seats(r.seats)?,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -337,19 +312,12 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<LicenseAdminRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::GrantAdmin {
-            email: parse_email(&r.email, "email")?,
-        };
-        self.once(
-            &call,
-            "GrantLicenseAdmin",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "GrantLicenseAdmin", |r| {
+            let command = LicenseCommand::GrantAdmin {
+                email: parse_email(&r.email, "email")?,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -357,19 +325,12 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<LicenseAdminRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::RevokeAdmin {
-            email: parse_email(&r.email, "email")?,
-        };
-        self.once(
-            &call,
-            "RevokeLicenseAdmin",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "RevokeLicenseAdmin", |r| {
+            let command = LicenseCommand::RevokeAdmin {
+                email: parse_email(&r.email, "email")?,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -646,27 +607,20 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<SetFeaturePermissionRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let feature = FeatureName::parse(&r.feature).map_err(|e| from_domain(&e))?;
-        let role = if r.role.trim().is_empty() {
-            None
-        } else {
-            Some(Role::parse(&r.role).map_err(|e| from_domain(&e))?)
-        };
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::SetFeature {
-            feature,
-            enabled: r.enabled,
-            role,
-        };
-        self.once(
-            &call,
-            "SetFeaturePermission",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "SetFeaturePermission", |r| {
+            let feature = FeatureName::parse(&r.feature).map_err(|e| from_domain(&e))?;
+            let role = if r.role.trim().is_empty() {
+                None
+            } else {
+                Some(Role::parse(&r.role).map_err(|e| from_domain(&e))?)
+            };
+            let command = LicenseCommand::SetFeature {
+                feature,
+                enabled: r.enabled,
+                role,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -674,17 +628,10 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<SetAutoEnrollmentRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::SetAutoEnrollment { enabled: r.enabled };
-        self.once(
-            &call,
-            "SetAutoEnrollment",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "SetAutoEnrollment", |r| {
+            let command = LicenseCommand::SetAutoEnrollment { enabled: r.enabled };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -692,25 +639,18 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<LinkOuRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let ou_paths = r
-            .ou_paths
-            .iter()
-            .map(|p| OuPath::parse(p).map_err(|e| from_domain(&e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let license = parse_license(&r.license)?;
-        let command = LicenseCommand::LinkOu {
-            ou_paths,
-            google_admin: r.google_admin,
-        };
-        self.once(
-            &call,
-            "LinkOu",
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
+        self.on_license(request, "LinkOu", |r| {
+            let ou_paths = r
+                .ou_paths
+                .iter()
+                .map(|p| OuPath::parse(p).map_err(|e| from_domain(&e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let command = LicenseCommand::LinkOu {
+                ou_paths,
+                google_admin: r.google_admin,
+            };
+            Ok((parse_license(&r.license)?, command))
+        })
         .await
     }
 
@@ -965,9 +905,22 @@ impl CommandService {
         rpc: &str,
         command: LicenseCommand,
     ) -> Result<Response<CommandReply>, Status> {
+        self.on_license(request, rpc, |r| Ok((parse_license(&r.license)?, command)))
+            .await
+    }
+
+    /// The shape of every command that answers only its position: authenticate, parse the
+    /// request into a license and a command (INVALID_ARGUMENT first, as ERR-1 orders), and
+    /// run it once per command id.
+    async fn on_license<M: Message>(
+        &self,
+        request: Request<M>,
+        rpc: &str,
+        parse: impl FnOnce(M) -> Result<(LicenseId, LicenseCommand), Status>,
+    ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let license = parse_license(&request.into_inner().license)?;
+        let (license, command) = parse(request.into_inner())?;
         self.once(
             &call,
             rpc,
