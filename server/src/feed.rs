@@ -23,6 +23,9 @@ pub const FEED_EVENT_TYPES_MAX: usize = 64;
 pub struct FeedService {
     pub core: Arc<Core>,
     pub tokens: Tokens,
+    /// Turns true when the server starts shutting down: every subscription then ends, so
+    /// that graceful shutdown, which waits for calls in flight, is not held open by them.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The payload with every secret replaced, so a feed reader cannot learn a key or a link.
@@ -103,8 +106,14 @@ impl EventFeed for FeedService {
             .await
             .map_err(|e| crate::status::from_core(e.into()))?;
         let (sender, receiver) = tokio::sync::mpsc::channel(FEED_BUFFER_EVENTS);
+        let mut closing = self.closing.clone();
         tokio::spawn(async move {
-            while let Some(next) = subscription.next().await {
+            loop {
+                let next = tokio::select! {
+                    _ = closing.wait_for(|closing| *closing) => break,
+                    next = subscription.next() => next,
+                };
+                let Some(next) = next else { break };
                 let message = match next {
                     Ok(recorded) => {
                         let wanted = stream_filter.as_ref().is_none_or(|s| *s == recorded.stream)
@@ -118,7 +127,12 @@ impl EventFeed for FeedService {
                     Err(error) => Err(crate::status::from_core(error.into())),
                 };
                 let failed = message.is_err();
-                if sender.send(message).await.is_err() || failed {
+                // A reader that stopped reading must not hold shutdown open either.
+                let sent = tokio::select! {
+                    _ = closing.wait_for(|closing| *closing) => false,
+                    sent = sender.send(message) => sent.is_ok(),
+                };
+                if !sent || failed {
                     break;
                 }
             }

@@ -162,7 +162,14 @@ pub async fn run(
         projections::Projections::open(config.data_dir.join("projections"))
             .map_err(|e| ServerError::Store(e.to_string()))?,
     );
-    let projector = tokio::spawn(projector::run(log.clone(), projections.clone()));
+    // Turns true when shutdown begins: the feed's subscriptions and the projector stop.
+    let (closing_sender, closing) = tokio::sync::watch::channel(false);
+    let closing_sender = Arc::new(closing_sender);
+    let projector = tokio::spawn(projector::run(
+        log.clone(),
+        projections.clone(),
+        closing.clone(),
+    ));
     let metrics_server = match config
         .metrics_listener
         .as_ref()
@@ -195,9 +202,15 @@ pub async fn run(
     })
     .max_decoding_message_size(limits.message_bytes_max)
     .max_encoding_message_size(limits.message_bytes_max);
+    let shutdown_begins = closing_sender.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = shutdown_begins.send(true);
+    };
     let feed = EventFeedServer::new(feed::FeedService {
         core: core.clone(),
         tokens: config.tokens.clone(),
+        closing: closing.clone(),
     })
     .max_decoding_message_size(limits.message_bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -218,7 +231,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Config(e.to_string()))?;
     tracing::info!(address = ?listener.local_addr().ok(), "serving");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
         .layer(tower::util::MapResponseLayer::new(
             status::size_limit_as_resource_exhausted,
@@ -235,12 +248,15 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
-        .await?;
-    // Every call has finished: stop the projector (it resumes from its checkpoint on the
-    // next start) and flush what the caches hold; the log itself is already durable.
-    projector.abort();
+        .await;
+    // Every call has finished. Stop the projector and the metrics endpoint and wait for
+    // them, so that nothing holds the stores when `run` returns (the same directory may be
+    // opened again at once); then flush the caches. The log itself is already durable.
+    let _ = closing_sender.send(true);
+    let _ = projector.await;
     if let Some(task) = metrics_server {
         task.abort();
+        let _ = task.await;
     }
     store
         .flush_async()
@@ -250,6 +266,7 @@ pub async fn run(
     if let Some(log) = embedded {
         log.close().await?;
     }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -37,12 +37,22 @@ fn projected(recorded: &RecordedEvent) -> Result<ProjectedEvent, CoreError> {
     })
 }
 
-/// Runs until the log's subscription ends. An error stops the projector (and is logged):
-/// queries then wait for a position that never comes and answer UNAVAILABLE, which is
-/// what an operator should see rather than a wrong answer.
-pub async fn run(log: Arc<dyn EventLog>, projections: Arc<Projections>) {
-    if let Err(error) = follow(log, projections).await {
-        tracing::error!(%error, "the projector stopped");
+/// Runs until the server closes or the log's subscription ends, then returns, so that the
+/// caller can await it and know the projections are no longer in use. An error stops the
+/// projector (and is logged): queries then wait for a position that never comes and answer
+/// UNAVAILABLE, which is what an operator should see rather than a wrong answer.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    projections: Arc<Projections>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = closing.wait_for(|closing| *closing) => {}
+        result = follow(log, projections) => {
+            if let Err(error) = result {
+                tracing::error!(%error, "the projector stopped");
+            }
+        }
     }
 }
 

@@ -1,3 +1,5 @@
-//! The scenario runner and load generator arrive with issues 5 and 7. The public
-//! scenarios are already copied into `tests/scenarios/`; until the server exists the
-//! domain crate plays their commands (see `domain/tests/scenarios.rs`).
+//! Black-box acceptance of the license ledger. `scenario` plays the JSON scenario files of
+//! `tests/scenarios/` (the contract is `FORMAT.md` of the shared scenarios) against a real
+//! server started in-process, over real gRPC clients. The load generator arrives with issue 7.
+
+pub mod scenario;

@@ -1,0 +1,21 @@
+//! The acceptance tests: every scenario of `tests/scenarios/` played end to end against the
+//! in-process server, and the runner's own behaviour (it must be able to fail).
+
+mod runner;
+mod scenarios;
+mod server_behaviour;
+
+use std::path::{Path, PathBuf};
+
+/// The repository's scenario folder.
+pub fn scenario_folder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Writes `text` as a scenario file in a fresh temporary folder (kept alive by the guard).
+pub fn scenario_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let path = folder.path().join("scenario.json");
+    std::fs::write(&path, text).expect("the scenario file is written");
+    (folder, path)
+}
