@@ -56,7 +56,54 @@ pub async fn run(
     }
 }
 
+/// Events read per page while rebuilding a projection generation.
+pub const REBUILD_PAGE_EVENTS: usize = 10_000;
+
+/// Issue 4: projections stored by another schema version are rebuilt into a fresh
+/// generation from the whole log while the stored one keeps answering, then swapped in.
+async fn rebuild_if_needed(
+    log: &Arc<dyn EventLog>,
+    projections: &Arc<Projections>,
+) -> Result<(), String> {
+    if !projections.needs_rebuild().map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    tracing::warn!("projection schema changed: rebuilding from the log");
+    let rebuild = Arc::new(projections.begin_rebuild().map_err(|e| e.to_string())?);
+    loop {
+        let next = ledger_position(rebuild.checkpoint().map_err(|e| e.to_string())? + 1);
+        let page = log
+            .read_all(next, REBUILD_PAGE_EVENTS)
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        let batch = page
+            .iter()
+            .map(projected)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let writer = rebuild.clone();
+        tokio::task::spawn_blocking(move || {
+            batch
+                .chunks(projections::APPLY_BATCH_EVENTS_MAX)
+                .try_for_each(|chunk| writer.apply_batch(chunk).map(|_| ()))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    }
+    let rebuild = Arc::try_unwrap(rebuild).map_err(|_| "the rebuild is still in use".to_owned())?;
+    projections
+        .finish_rebuild(rebuild)
+        .map_err(|e| e.to_string())?;
+    tracing::info!("projection rebuild swapped in");
+    Ok(())
+}
+
 async fn follow(log: Arc<dyn EventLog>, projections: Arc<Projections>) -> Result<(), String> {
+    rebuild_if_needed(&log, &projections).await?;
     let checkpoint = projections.checkpoint().map_err(|e| e.to_string())?;
     // The checkpoint is the last applied API position, which is the next ledger position.
     let mut subscription = log
@@ -84,5 +131,95 @@ async fn follow(log: Arc<dyn EventLog>, projections: Arc<Projections>) -> Result
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+    use domain::{Actor, AdminChannel, Email, LicenseCommand, LicenseId, LicenseType, Secret};
+    use ledger::{EmbeddedLog, EmbeddedOptions, EventLog};
+    use projections::Projections;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::core::Core;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn projections_of_another_schema_version_are_rebuilt_and_swapped_in() {
+        // AUD-5, issue 4: a schema change rebuilds a fresh generation from the log.
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(
+            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let log: Arc<dyn EventLog> = embedded.clone();
+        let core = Core::open(
+            log.clone(),
+            Arc::new(ManualClock::new(at("2026-09-01T00:00:00Z"))),
+        )
+        .await
+        .unwrap();
+        let issue = LicenseCommand::Issue {
+            license: LicenseId::parse("L1").unwrap(),
+            license_type: LicenseType::School,
+            seats: 5,
+            valid_from: at("2026-08-01T00:00:00Z"),
+            valid_until: at("2027-07-31T23:59:59Z"),
+            admins: vec![Email::parse("admin@north.edu").unwrap()],
+            key: Secret::new("k".repeat(24)).unwrap(),
+            link: Secret::new("l".repeat(24)).unwrap(),
+        };
+        core.execute_license("L1", &Actor::Staff, &issue, Uuid::new_v4(), Uuid::new_v4())
+            .await
+            .unwrap();
+        let add = LicenseCommand::AddUsers {
+            emails: vec![
+                Email::parse("a@north.edu").unwrap(),
+                Email::parse("b@north.edu").unwrap(),
+            ],
+            channel: AdminChannel::EmailList,
+        };
+        core.execute_license("L1", &Actor::Staff, &add, Uuid::new_v4(), Uuid::new_v4())
+            .await
+            .unwrap();
+        let events: Vec<_> = log
+            .read_all(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|recorded| projected(recorded).unwrap())
+            .collect();
+        let projections_dir = dir.path().join("projections");
+        {
+            let older = Projections::open_with_schema_version(&projections_dir, 0).unwrap();
+            // The older generation only saw the license being issued.
+            older.apply_batch(&events[..1]).unwrap();
+        }
+        let projections = Arc::new(Projections::open(&projections_dir).unwrap());
+        assert!(projections.needs_rebuild().unwrap());
+        rebuild_if_needed(&log, &projections).await.unwrap();
+        assert!(!projections.needs_rebuild().unwrap());
+        let view = projections
+            .get_license(&LicenseId::parse("L1").unwrap(), at("2026-09-02T00:00:00Z"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            view.users_count, 2,
+            "the rebuilt generation saw the whole log"
+        );
+        let fresh = Projections::open_temporary().unwrap();
+        fresh.apply_batch(&events).unwrap();
+        assert_eq!(projections.digest().unwrap(), fresh.digest().unwrap());
+        drop(core);
+        embedded.close().await.unwrap();
     }
 }
