@@ -287,7 +287,7 @@ fn is_unavailable(failure: &Failure) -> bool {
 
 fn describe_step(step: &Step) -> Value {
     match step {
-        Step::Let { bindings } => {
+        Step::Let { bindings, .. } => {
             let bindings: serde_json::Map<String, Value> = bindings
                 .iter()
                 .map(|(name, value)| (name.clone(), json!(value)))
@@ -324,7 +324,10 @@ async fn play_step(index: usize, step: &Step, session: &mut Session) -> Result<(
         })
     };
     let call = match step {
-        Step::Let { bindings } => {
+        Step::Let { bindings, at } => {
+            if let Some(at) = at {
+                session.move_clock_to(*at);
+            }
             return session.bind(bindings).await.map_err(|trouble| {
                 let (actual, reason) = trouble_text(trouble);
                 fail(describe_step(step), actual, reason)

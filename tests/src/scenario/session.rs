@@ -83,6 +83,11 @@ impl Session {
         }
     }
 
+    /// Moves the manual clock forward (never backwards: `ManualClock::set` ignores that).
+    pub fn move_clock_to(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.clock.set(at);
+    }
+
     /// Binds `let` variables, resolving the placeholders their values hold.
     pub async fn bind(&mut self, bindings: &[(String, String)]) -> Result<(), Trouble> {
         for (name, value) in bindings {
@@ -98,7 +103,7 @@ impl Session {
     /// Moves the clock (never backwards: the manual clock ignores an earlier time).
     pub fn move_clock(&self, step: &CallStep) {
         if let Some(at) = step.at {
-            self.clock.set(at);
+            self.move_clock_to(at);
         }
     }
 

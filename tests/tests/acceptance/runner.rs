@@ -226,3 +226,20 @@ async fn usage_and_history_answers_show_every_field() {
     let outcome = run_file(&path).await;
     assert!(outcome.passed(), "{outcome}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_let_step_with_at_moves_the_clock() {
+    // FORMAT.md: the clock is moved before any step that names `at`. The add is refused
+    // only if the `let` step moved the clock past the license's end (LIC-3).
+    let (_folder, path) = crate::scenario_file(
+        r#"{"name": "let moves the clock", "steps": [
+            {"as": "staff", "do": "IssueLicense", "with": {"license": "L1", "type": "school", "seats": 5,
+              "valid_from": "2026-08-01T00:00:00Z", "valid_until": "2027-07-31T23:59:59Z", "admins": ["a@north.edu"]}},
+            {"let": {"key": "${key:L1}"}, "at": "2027-08-01T00:00:00Z"},
+            {"as": "staff", "do": "AddUsersByEmail", "with": {"license": "L1", "emails": "b@north.edu"},
+              "expect": {"code": "FAILED_PRECONDITION"}}
+        ]}"#,
+    );
+    let outcome = run_file(&path).await;
+    assert!(outcome.passed(), "{outcome}");
+}
