@@ -16,7 +16,7 @@ use crate::values::{Actor, DomainName, Email, LicenseId};
 /// The most domain admins one domain may have; the bound keeps the aggregate small.
 pub const DOMAIN_ADMINS_MAX: usize = 10_000;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EmailDomain {
     name: DomainName,
     admins: BTreeSet<Email>,

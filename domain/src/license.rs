@@ -45,7 +45,7 @@ pub const OU_SYNC_HOLD_REMOVED_PERCENT_MAX: u64 = 10;
 pub const OU_SYNC_HOLD_REMOVED_PEOPLE_MAX: u64 = 5;
 
 /// A member of a license, keyed by email (SPEC §1).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub status: Status,
     pub source: Source,
@@ -60,7 +60,7 @@ pub struct Member {
 }
 
 /// How many members stand in each status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusCounts {
     pub accepted: u64,
     pub invited: u64,
@@ -85,7 +85,7 @@ impl StatusCounts {
 }
 
 /// An OU sync waiting for a license admin's confirmation (OU-8).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeldSync {
     pub entries: Vec<OuEntry>,
     pub would: OuSyncCounts,
@@ -94,7 +94,7 @@ pub struct HeldSync {
 }
 
 /// A license that has been issued.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LicenseState {
     id: LicenseId,
     license_type: LicenseType,
@@ -125,7 +125,9 @@ pub struct LicenseState {
 
 /// The license aggregate. Before `LicenseIssued` it holds nothing and every command but
 /// `Issue` is NOT_FOUND.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Serializable so that the server can snapshot it: a snapshot is derived data, always
+/// checked against the log it was taken from, never a source of truth.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct License {
     state: Option<LicenseState>,
 }

@@ -9,6 +9,7 @@
 //! state.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -124,8 +125,29 @@ pub enum SecretKind {
     Link,
 }
 
+/// The version of the snapshot format; a snapshot of another version is ignored and the
+/// aggregates are rebuilt from the whole log.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Every aggregate as it stood after the log's first `next_position` events. A snapshot is
+/// derived data: it only shortens start-up, and is checked against the log before use.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    version: u32,
+    next_position: u64,
+    /// The hash of the last event the snapshot covers, so that a snapshot is only ever used
+    /// with the very log it was taken from.
+    last_hash: [u8; 32],
+    licenses: Vec<(String, Option<u64>, License)>,
+    domains: Vec<(DomainName, Option<u64>, EmailDomain)>,
+}
+
 pub struct Core {
     log: Arc<dyn EventLog>,
+    /// The ledger position after the last event applied to memory.
+    next_position: AtomicU64,
+    /// How many events the start-up took from a snapshot instead of the log.
+    events_from_snapshot: AtomicU64,
     clock: Arc<dyn Clock>,
     licenses: Mutex<HashMap<String, Shared<License>>>,
     domains: Mutex<HashMap<DomainName, Shared<EmailDomain>>>,
@@ -142,15 +164,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Core {
     /// Rebuilds every aggregate from the log.
     pub async fn open(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>) -> Result<Self, CoreError> {
+        Self::open_from(log, clock, None).await
+    }
+
+    /// Rebuilds every aggregate from a snapshot, if one is given and fits the log, and from
+    /// the log's events after it; from the whole log otherwise.
+    pub async fn open_from(
+        log: Arc<dyn EventLog>,
+        clock: Arc<dyn Clock>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Self, CoreError> {
         let core = Self {
             log,
+            next_position: AtomicU64::new(0),
+            events_from_snapshot: AtomicU64::new(0),
             clock,
             licenses: Mutex::new(HashMap::new()),
             domains: Mutex::new(HashMap::new()),
             indexes: RwLock::new(Indexes::default()),
             throttle: Mutex::new(WrongSecretThrottle::new()),
         };
-        let mut from = 0;
+        let mut from = match snapshot {
+            Some(bytes) => core.restore(bytes).await?,
+            None => 0,
+        };
         loop {
             let page = core.log.read_all(from, REPLAY_PAGE_EVENTS).await?;
             let Some(last) = page.last() else { break };
@@ -160,6 +197,138 @@ impl Core {
             }
         }
         Ok(core)
+    }
+
+    /// Loads a snapshot if it is of this version and the log holds every event it covers;
+    /// returns the ledger position to replay from (0 when the snapshot was not used).
+    async fn restore(&self, bytes: &[u8]) -> Result<u64, CoreError> {
+        let snapshot = match rmp_serde::from_slice::<Snapshot>(bytes) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::warn!(%error, "the snapshot cannot be read; rebuilding from the whole log");
+                return Ok(0);
+            }
+        };
+        if snapshot.version != SNAPSHOT_VERSION || snapshot.next_position == 0 {
+            return Ok(0);
+        }
+        let last = self.log.read_all(snapshot.next_position - 1, 1).await?;
+        let fits = last.first().is_some_and(|event| {
+            event.position == snapshot.next_position - 1 && event.hash == snapshot.last_hash
+        });
+        if !fits {
+            tracing::warn!("the snapshot does not fit the log; rebuilding from the whole log");
+            return Ok(0);
+        }
+        for (id, revision, license) in snapshot.licenses {
+            {
+                let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(state) = license.state() {
+                    indexes
+                        .license_by_key
+                        .insert(secret_hash(state.key()), id.clone());
+                    if let Some(link) = state.link() {
+                        indexes
+                            .license_by_link
+                            .insert(secret_hash(link), id.clone());
+                    }
+                    for (email, _) in state.members() {
+                        indexes
+                            .licenses_of_member
+                            .entry(email.clone())
+                            .or_default()
+                            .insert(id.clone());
+                    }
+                }
+            }
+            let shared = self.license_entry(&id);
+            let mut entry = shared.lock().await;
+            entry.aggregate = license;
+            entry.revision = revision;
+        }
+        for (name, revision, domain) in snapshot.domains {
+            {
+                let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+                for admin in domain.admins() {
+                    indexes
+                        .domains_of_admin
+                        .entry(admin.clone())
+                        .or_default()
+                        .insert(name.clone());
+                }
+                if let Some(license) = domain.claimed_by() {
+                    indexes.claims.insert(name.clone(), license.clone());
+                }
+            }
+            let shared = self.domain_entry(&name);
+            let mut entry = shared.lock().await;
+            entry.aggregate = domain;
+            entry.revision = revision;
+        }
+        self.next_position
+            .store(snapshot.next_position, Ordering::Release);
+        self.events_from_snapshot
+            .store(snapshot.next_position, Ordering::Release);
+        tracing::info!(events = snapshot.next_position, "started from a snapshot");
+        Ok(snapshot.next_position)
+    }
+
+    /// A snapshot of every aggregate. Take it when no command runs (at shutdown): it must be
+    /// one consistent cut of the log.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, CoreError> {
+        let licenses: Vec<(String, Shared<License>)> = lock(&self.licenses)
+            .iter()
+            .map(|(id, shared)| (id.clone(), shared.clone()))
+            .collect();
+        let domains: Vec<(DomainName, Shared<EmailDomain>)> = lock(&self.domains)
+            .iter()
+            .map(|(name, shared)| (name.clone(), shared.clone()))
+            .collect();
+        let next_position = self.next_position.load(Ordering::Acquire);
+        let last_hash = match next_position.checked_sub(1) {
+            Some(last) => self
+                .log
+                .read_all(last, 1)
+                .await?
+                .first()
+                .map_or([0; 32], |event| event.hash),
+            None => [0; 32],
+        };
+        let mut snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            next_position,
+            last_hash,
+            licenses: Vec::with_capacity(licenses.len()),
+            domains: Vec::with_capacity(domains.len()),
+        };
+        for (id, shared) in licenses {
+            let entry = shared.lock().await;
+            if entry.revision.is_some() {
+                snapshot
+                    .licenses
+                    .push((id, entry.revision, entry.aggregate.clone()));
+            }
+        }
+        for (name, shared) in domains {
+            let entry = shared.lock().await;
+            if entry.revision.is_some() {
+                snapshot
+                    .domains
+                    .push((name, entry.revision, entry.aggregate.clone()));
+            }
+        }
+        Ok(rmp_serde::to_vec(&snapshot).expect("aggregates always encode to MessagePack"))
+    }
+
+    /// How many of the log's events start-up took from a snapshot (0: none was used).
+    pub fn events_from_snapshot(&self) -> u64 {
+        self.events_from_snapshot.load(Ordering::Acquire)
+    }
+
+    /// Notes that events up to `last_position` (a ledger position) are applied.
+    fn applied_up_to(&self, last_position: u64) {
+        self.next_position
+            .fetch_max(last_position + 1, Ordering::AcqRel);
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -172,6 +341,7 @@ impl Core {
 
     async fn replay(&self, recorded: &RecordedEvent) -> Result<(), CoreError> {
         let decoded = decode(recorded)?;
+        self.applied_up_to(recorded.position);
         if let Some(id) = recorded.stream.strip_prefix("license-") {
             let shared = self.license_entry(id);
             let mut entry = shared.lock().await;
@@ -364,6 +534,7 @@ impl Core {
                 let decoded = decode(recorded)?;
                 self.apply_license(id, entry, &decoded.meta, &decoded.event);
                 entry.revision = Some(recorded.revision);
+                self.applied_up_to(recorded.position);
             }
         }
     }
@@ -386,6 +557,7 @@ impl Core {
                 let decoded = decode(recorded)?;
                 self.apply_domain(entry, &decoded.meta, &decoded.event);
                 entry.revision = Some(recorded.revision);
+                self.applied_up_to(recorded.position);
             }
         }
     }
@@ -427,6 +599,7 @@ impl Core {
                 self.apply_license(id, entry, meta, event);
             }
             entry.revision = Some(result.next_expected_revision);
+            self.applied_up_to(result.last_position);
             last_position = crate::projector::api_position(result.last_position);
         }
         Ok(last_position)
@@ -525,6 +698,7 @@ impl Core {
                         self.apply_domain(&mut entry, &meta, event);
                     }
                     entry.revision = Some(result.next_expected_revision);
+                    self.applied_up_to(result.last_position);
                     return Ok(crate::projector::api_position(result.last_position));
                 }
                 Err(LedgerError::WrongExpectedVersion { .. }) => {
@@ -594,6 +768,7 @@ impl Core {
             self.apply_domain(&mut domain_entry, &meta, event);
         }
         domain_entry.revision = Some(result.next_expected_revision);
+        self.applied_up_to(result.last_position);
         let license_command_id = Uuid::new_v5(&command_id, b"license");
         match self
             .append_license(
@@ -636,6 +811,7 @@ impl Core {
                             self.apply_domain(&mut domain_entry, &undo_meta, event);
                         }
                         domain_entry.revision = Some(result.next_expected_revision);
+                        self.applied_up_to(result.last_position);
                     }
                 }
                 Err(error)
@@ -743,5 +919,141 @@ impl Core {
             Some(shared) => shared.lock().await.aggregate.is_issued(),
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+    use domain::{Actor, AdminChannel, Email, LicenseCommand, LicenseId, LicenseType, Secret};
+    use ledger::{EmbeddedLog, EmbeddedOptions, EventLog};
+    use uuid::Uuid;
+
+    use super::Core;
+    use crate::clock::ManualClock;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new(at("2026-09-01T00:00:00Z")))
+    }
+
+    async fn issue_and_add(core: &Core, license: &str, emails: &[&str]) {
+        let issue = LicenseCommand::Issue {
+            license: LicenseId::parse(license).unwrap(),
+            license_type: LicenseType::School,
+            seats: 50,
+            valid_from: at("2026-08-01T00:00:00Z"),
+            valid_until: at("2027-07-31T23:59:59Z"),
+            admins: vec![Email::parse("admin@north.edu").unwrap()],
+            key: Secret::new(format!("{license}-key-{}", "k".repeat(24))).unwrap(),
+            link: Secret::new("l".repeat(24)).unwrap(),
+        };
+        core.execute_license(
+            license,
+            &Actor::Staff,
+            &issue,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+        add(core, license, emails).await;
+    }
+
+    async fn add(core: &Core, license: &str, emails: &[&str]) {
+        let command = LicenseCommand::AddUsers {
+            emails: emails.iter().map(|e| Email::parse(e).unwrap()).collect(),
+            channel: AdminChannel::EmailList,
+        };
+        core.execute_license(
+            license,
+            &Actor::Staff,
+            &command,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn users(core: &Core, license: &str) -> Option<u64> {
+        let shared = core.existing_license(license)?;
+        let entry = shared.lock().await;
+        entry.aggregate.state().map(|state| state.users_count())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_shortens_start_up_and_only_fits_its_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(
+            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let log: Arc<dyn EventLog> = embedded.clone();
+        let first = Core::open(log.clone(), clock()).await.unwrap();
+        issue_and_add(&first, "L1", &["a@north.edu", "b@north.edu"]).await;
+        let snapshot = first.snapshot().await.unwrap();
+        // Events appended after the snapshot come from the log's tail at start-up.
+        add(&first, "L1", &["c@north.edu"]).await;
+        drop(first);
+
+        let restored = Core::open_from(log.clone(), clock(), Some(&snapshot))
+            .await
+            .unwrap();
+        assert_eq!(
+            restored.events_from_snapshot(),
+            3,
+            "issue and two adds came from the snapshot"
+        );
+        assert_eq!(users(&restored, "L1").await, Some(3));
+        let replayed = Core::open(log.clone(), clock()).await.unwrap();
+        assert_eq!(replayed.events_from_snapshot(), 0);
+        assert_eq!(users(&replayed, "L1").await, Some(3));
+        // The key index was restored too: the snapshot's license still opens by its key.
+        let key_hash =
+            super::secret_hash(&Secret::presented(&format!("L1-key-{}", "k".repeat(24))));
+        assert!(
+            restored
+                .indexes
+                .read()
+                .unwrap()
+                .license_by_key
+                .contains_key(&key_hash)
+        );
+
+        // A snapshot of another log, even a longer one, is refused.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Arc::new(
+            EmbeddedLog::open(other_dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let other_log: Arc<dyn EventLog> = other.clone();
+        let other_core = Core::open(other_log.clone(), clock()).await.unwrap();
+        issue_and_add(
+            &other_core,
+            "GHOST",
+            &["x@north.edu", "y@north.edu", "z@north.edu"],
+        )
+        .await;
+        let foreign = other_core.snapshot().await.unwrap();
+        drop(other_core);
+        let guarded = Core::open_from(log.clone(), clock(), Some(&foreign))
+            .await
+            .unwrap();
+        assert_eq!(guarded.events_from_snapshot(), 0);
+        assert_eq!(
+            users(&guarded, "GHOST").await,
+            None,
+            "nothing of the other log leaked in"
+        );
+        assert_eq!(users(&guarded, "L1").await, Some(3));
+        drop((restored, replayed, guarded));
+        embedded.close().await.unwrap();
+        other.close().await.unwrap();
     }
 }

@@ -27,6 +27,9 @@ pub fn time_text(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
+/// Where the aggregates' snapshot is kept in the server's store.
+const SNAPSHOT_KEY: &[u8] = b"core";
+
 /// Limits on what one request may ask of the server.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -135,13 +138,24 @@ pub async fn run(
         }
         Backend::KurrentDb(url) => open_kurrentdb(url).await?,
     };
+    let store = sled::open(config.data_dir.join("server"))
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    let snapshots = store
+        .open_tree("snapshots")
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    // Snapshots serve the embedded log only: with one writer, the aggregates at shutdown are
+    // one consistent cut of the log. A KurrentDB cluster has other writers.
+    let snapshot = match embedded {
+        Some(_) => snapshots
+            .get(SNAPSHOT_KEY)
+            .map_err(|e| ServerError::Store(e.to_string()))?,
+        None => None,
+    };
     let core = Arc::new(
-        core::Core::open(log.clone(), config.clock.clone())
+        core::Core::open_from(log.clone(), config.clock.clone(), snapshot.as_deref())
             .await
             .map_err(|error| ServerError::Decode(error.to_string()))?,
     );
-    let store = sled::open(config.data_dir.join("server"))
-        .map_err(|e| ServerError::Store(e.to_string()))?;
     let outcomes = idempotency::Outcomes::new(
         store
             .open_tree("command_outcomes")
@@ -257,6 +271,16 @@ pub async fn run(
     if let Some(task) = metrics_server {
         task.abort();
         let _ = task.await;
+    }
+    if embedded.is_some() {
+        snapshots
+            .insert(
+                SNAPSHOT_KEY,
+                core.snapshot()
+                    .await
+                    .map_err(|error| ServerError::Store(error.to_string()))?,
+            )
+            .map_err(|e| ServerError::Store(e.to_string()))?;
     }
     store
         .flush_async()

@@ -289,3 +289,54 @@ proptest! {
         run_case(license_type, seats, steps)?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_license_survives_its_snapshot_round_trip(
+        license_type in license_type(),
+        seats in 1u32..6,
+        steps in prop::collection::vec(step(), 0..COMMANDS_PER_CASE_MAX),
+    ) {
+        // The server snapshots aggregates (MessagePack) to shorten start-up; a snapshot must
+        // give back exactly the state it was taken of.
+        let license = fold_case(license_type, seats, steps);
+        let bytes = rmp_serde::to_vec(&license).unwrap();
+        let restored: License = rmp_serde::from_slice(&bytes).unwrap();
+        prop_assert_eq!(restored, license);
+    }
+}
+
+/// Plays a case like `run_case` without its checks and returns the license it ends with.
+fn fold_case(license_type: LicenseType, seats: u32, steps: Vec<Step>) -> License {
+    let mut now = start();
+    let mut license = License::default();
+    let issue = LicenseCommand::Issue {
+        license: LicenseId::parse("L1").unwrap(),
+        license_type,
+        seats,
+        valid_from: start() - Duration::days(30),
+        valid_until: valid_until(),
+        admins: vec![Email::parse(ADMIN).unwrap()],
+        key: secret(1),
+        link: secret(2),
+    };
+    for step in std::iter::once(Step::Command(Who::Staff, issue)).chain(steps) {
+        match step {
+            Step::Wait(days) => now += Duration::days(days),
+            Step::Command(who, command) => {
+                let actor = who.actor();
+                let ctx = Context::new(now, actor.clone())
+                    .with_domain_admin_of([DomainName::parse("north.edu").unwrap()]);
+                if let Ok(decision) = license.handle(&command, &ctx) {
+                    let meta = EventMeta { at: now, actor };
+                    for event in &decision.events {
+                        license.apply(&meta, event);
+                    }
+                }
+            }
+        }
+    }
+    license
+}
