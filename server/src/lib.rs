@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub tokens: Tokens,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
+    /// The embedded log's flush policy and queues. Every acknowledged append is always
+    /// `fdatasync`ed first; `group_appends_max` bounds how many appends share one sync.
+    pub embedded_options: ledger::EmbeddedOptions,
     /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.
     pub metrics_listener: Option<Arc<std::sync::Mutex<Option<std::net::TcpListener>>>>,
 }
@@ -89,6 +92,7 @@ impl ServerConfig {
             tokens,
             clock,
             limits: Limits::default(),
+            embedded_options: ledger::EmbeddedOptions::default(),
             metrics_listener: None,
         }
     }
@@ -131,7 +135,7 @@ pub async fn run(
         Backend::Embedded => {
             let log = Arc::new(ledger::EmbeddedLog::open(
                 config.data_dir.join("log"),
-                ledger::EmbeddedOptions::default(),
+                config.embedded_options.clone(),
             )?);
             embedded = Some(log.clone());
             log

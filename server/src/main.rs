@@ -21,6 +21,11 @@ struct Flags {
     /// tokens are used (made on first start in `<data-dir>/dev-tokens.txt`).
     #[arg(long, env = "LEDGER_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Flush policy of the embedded log: the most appends that share one `fdatasync` (group
+    /// commit). Every acknowledged append is synced before its answer, whatever this is;
+    /// 1 syncs each append alone (slowest, lowest latency under no load).
+    #[arg(long, env = "LEDGER_GROUP_COMMIT_APPENDS_MAX", default_value_t = 1024)]
+    group_commit_appends_max: usize,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); off when not given.
     #[arg(long, env = "LEDGER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -68,6 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config =
         server::ServerConfig::embedded(&flags.data_dir, tokens, Arc::new(server::SystemClock));
     config.backend = backend;
+    if flags.group_commit_appends_max == 0 {
+        return Err("--group-commit-appends-max must be at least 1".into());
+    }
+    config.embedded_options.group_appends_max = flags.group_commit_appends_max;
     if let Some(address) = &flags.metrics_listen {
         let listener = std::net::TcpListener::bind(address)?;
         config.metrics_listener = Some(Arc::new(std::sync::Mutex::new(Some(listener))));
