@@ -1,6 +1,10 @@
-//! The replay tool arrives with issue 6. Until then it says so instead of pretending.
+//! `replay-tool`: see `docs/replay-tool.md`. Thin: parse, run, exit with the code.
 
-fn main() {
-    eprintln!("replay-tool: not built yet (issue 6); see README.md");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let code = replay_tool::cli::run_args(std::env::args_os(), &mut stdout).await;
+    ExitCode::from(code)
 }

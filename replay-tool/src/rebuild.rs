@@ -1,0 +1,330 @@
+//! `rebuild` and `digest` (AUD-5): replay the log from position 0 into a fresh projection
+//! generation, compare its digests with the live ones, and swap it in.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ledger::RecordedEvent;
+use projections::{ProjectedEvent, ProjectionError, Projections, ReadModelDigest};
+use serde::Serialize;
+
+use crate::error::{Failure, Result};
+use crate::source::{Source, in_use_message, is_lock_error};
+
+/// One read model's digest, as printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Digest {
+    pub read_model: String,
+    pub sha256: String,
+}
+
+pub fn digests(list: &[ReadModelDigest]) -> Vec<Digest> {
+    list.iter()
+        .map(|d| Digest {
+            read_model: d.read_model.to_owned(),
+            sha256: d.to_hex(),
+        })
+        .collect()
+}
+
+pub fn render_digests(checkpoint: u64, list: &[Digest]) -> String {
+    let mut out = format!("checkpoint {checkpoint}\n");
+    for d in list {
+        out.push_str(&format!("{:<24} {}\n", d.read_model, d.sha256));
+    }
+    out
+}
+
+/// The projections of a server data directory, if it has any. Refuses when locked.
+pub fn open_live(data: &Path) -> Result<Option<Projections>> {
+    let dir = data.join("projections");
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    crate::source::retry_while_locked(data, || {
+        Projections::open(&dir).map(Some).map_err(|e| {
+            let m = e.to_string();
+            if is_lock_error(&m) {
+                Failure::usage(in_use_message(data))
+            } else {
+                Failure::usage(format!(
+                    "cannot open the projections at {}: {m}",
+                    dir.display()
+                ))
+            }
+        })
+    })
+}
+
+fn projection_failure(e: ProjectionError) -> Failure {
+    Failure::usage(format!("projection error: {e}"))
+}
+
+/// A stored event as the projector feeds it (API position = ledger position + 1).
+pub fn projected(e: &RecordedEvent) -> Result<ProjectedEvent> {
+    let d = server::core::decode(e).map_err(|err| Failure::failed(err.to_string()))?;
+    Ok(ProjectedEvent {
+        position: server::projector::api_position(e.position),
+        stream: e.stream.clone(),
+        revision: e.revision,
+        recorded_at: e.recorded_at,
+        actor: d.meta.actor,
+        event: d.event,
+    })
+}
+
+/// A carriage-return progress line on stderr: events done, events/s, ETA.
+pub struct Progress {
+    started: Instant,
+    last: Instant,
+    total: Option<u64>,
+    done: u64,
+    enabled: bool,
+}
+
+impl Progress {
+    pub fn new(total: Option<u64>, enabled: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now - Duration::from_secs(1),
+            total,
+            done: 0,
+            enabled,
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-6);
+        self.done as f64 / secs
+    }
+
+    pub fn line(&self) -> String {
+        let rate = self.rate();
+        match self.total {
+            Some(total) if total > 0 => {
+                let pct = self.done as f64 * 100.0 / total as f64;
+                let left = total.saturating_sub(self.done) as f64;
+                let eta = if rate > 0.0 { left / rate } else { 0.0 };
+                let width = 30usize;
+                let filled = ((pct / 100.0) * width as f64).round() as usize;
+                format!(
+                    "[{}{}] {}/{} events  {:.0} events/s  ETA {:.0}s",
+                    "#".repeat(filled.min(width)),
+                    "-".repeat(width - filled.min(width)),
+                    self.done,
+                    total,
+                    rate,
+                    eta
+                )
+            }
+            _ => format!("{} events  {:.0} events/s", self.done, rate),
+        }
+    }
+
+    pub fn advance(&mut self, n: u64) {
+        self.done += n;
+        if self.enabled && self.last.elapsed() >= Duration::from_millis(200) {
+            self.last = Instant::now();
+            eprint!("\r{}   ", self.line());
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    pub fn finish(&self) {
+        if self.enabled {
+            eprintln!("\r{}   ", self.line());
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RebuildOutcome {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    /// The live projections' checkpoint when the rebuild started, if there were live ones.
+    pub live_checkpoint: Option<u64>,
+    /// The rebuilt digests at the live checkpoint (where the comparison is made).
+    pub rebuilt_at_live: Vec<Digest>,
+    pub live: Option<Vec<Digest>>,
+    /// Read models whose digests differ (AUD-5 says: none).
+    pub differing: Vec<String>,
+    /// The rebuilt digests at the end of the log.
+    pub rebuilt: Vec<Digest>,
+    /// Whether the rebuilt generation now answers queries.
+    pub swapped: bool,
+}
+
+impl RebuildOutcome {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "rebuilt {} events in {:.2}s ({:.0} events/s)\n",
+            self.events, self.seconds, self.events_per_second
+        );
+        match (&self.live, self.live_checkpoint) {
+            (Some(live), Some(cp)) => {
+                out.push_str(&format!(
+                    "compared with the live projections at checkpoint {cp}:\n"
+                ));
+                for (r, l) in self.rebuilt_at_live.iter().zip(live) {
+                    let mark = if r.sha256 == l.sha256 {
+                        "equal"
+                    } else {
+                        "DIFFERENT"
+                    };
+                    out.push_str(&format!(
+                        "  {:<24} {:<9} rebuilt {} live {}\n",
+                        r.read_model, mark, r.sha256, l.sha256
+                    ));
+                }
+                if self.differing.is_empty() {
+                    out.push_str("all digests equal (AUD-5)\n");
+                } else {
+                    out.push_str(&format!(
+                        "digests differ for: {} (the live projections disagree with the log)\n",
+                        self.differing.join(", ")
+                    ));
+                }
+            }
+            _ => {
+                out.push_str("no live projections to compare with; rebuilt digests:\n");
+                out.push_str(&render_digests(self.events, &self.rebuilt));
+            }
+        }
+        if self.swapped {
+            out.push_str("the rebuilt projections now answer queries\n");
+        }
+        out
+    }
+}
+
+/// Options of `rebuild`.
+#[derive(Clone, Debug, Default)]
+pub struct RebuildOptions {
+    /// Compare only: leave the live projections as they are.
+    pub compare_only: bool,
+    pub progress: bool,
+}
+
+/// Rebuilds every projection from position 0. With `live`, the rebuild is a new generation
+/// of it: compared at the live checkpoint, then fed to the end of the log and swapped in
+/// (unless `compare_only`). Without, it rebuilds into a temporary store and reports digests.
+pub async fn rebuild(
+    source: &Source,
+    live: Option<&Projections>,
+    options: &RebuildOptions,
+) -> Result<RebuildOutcome> {
+    let started = Instant::now();
+    let mut progress = Progress::new(source.head_hint(), options.progress);
+    let temporary;
+    let (target, rebuild) = match live {
+        Some(p) => (None, Some(p.begin_rebuild().map_err(projection_failure)?)),
+        None => {
+            temporary = Projections::open_temporary().map_err(projection_failure)?;
+            (Some(&temporary), None)
+        }
+    };
+    let apply = |batch: &[ProjectedEvent]| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match (&rebuild, target) {
+            (Some(r), _) => r.apply_batch(batch),
+            (None, Some(t)) => t.apply_batch(batch),
+            (None, None) => unreachable!("a target exists"),
+        }
+        .map(|_| ())
+        .map_err(projection_failure)
+    };
+    let digest_now = || -> Result<Vec<Digest>> {
+        match (&rebuild, target) {
+            (Some(r), _) => r.digest(),
+            (None, Some(t)) => t.digest(),
+            (None, None) => unreachable!("a target exists"),
+        }
+        .map(|d| digests(&d))
+        .map_err(projection_failure)
+    };
+    let live_checkpoint = match live {
+        Some(p) => Some(p.checkpoint().map_err(projection_failure)?),
+        None => None,
+    };
+    let live_digests = match live {
+        Some(p) => Some(digests(&p.digest().map_err(projection_failure)?)),
+        None => None,
+    };
+    let mut rebuilt_at_live = if live_checkpoint == Some(0) {
+        Some(digest_now()?)
+    } else {
+        None
+    };
+    let mut events = 0u64;
+    source
+        .scan(|page| {
+            let mut batch = Vec::with_capacity(page.len());
+            for e in page {
+                let p = projected(e)?;
+                let pos = p.position;
+                batch.push(p);
+                if rebuilt_at_live.is_none() && live_checkpoint == Some(pos) {
+                    apply(&batch)?;
+                    batch.clear();
+                    rebuilt_at_live = Some(digest_now()?);
+                }
+            }
+            apply(&batch)?;
+            events += page.len() as u64;
+            progress.advance(page.len() as u64);
+            Ok(true)
+        })
+        .await?;
+    progress.finish();
+    let rebuilt = digest_now()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut differing = Vec::new();
+    if let (Some(l), Some(cp)) = (&live_digests, live_checkpoint) {
+        let Some(at_live) = &rebuilt_at_live else {
+            return Err(Failure::failed(format!(
+                "the live projections are at position {cp}, beyond the log's end ({events} events): they were built from another log"
+            )));
+        };
+        for (r, l) in at_live.iter().zip(l) {
+            if r.sha256 != l.sha256 {
+                differing.push(r.read_model.clone());
+            }
+        }
+    }
+    let mut swapped = false;
+    if let (Some(p), Some(r)) = (live, rebuild)
+        && !options.compare_only
+    {
+        p.finish_rebuild(r).map_err(projection_failure)?;
+        swapped = true;
+    }
+    Ok(RebuildOutcome {
+        events,
+        seconds,
+        events_per_second: if seconds > 0.0 {
+            events as f64 / seconds
+        } else {
+            0.0
+        },
+        live_checkpoint,
+        rebuilt_at_live: rebuilt_at_live.unwrap_or_default(),
+        live: live_digests,
+        differing,
+        rebuilt,
+        swapped,
+    })
+}
+
+/// The digests of the projections `p` and their checkpoint.
+pub fn live_digests(p: &Projections) -> Result<(u64, Vec<Digest>)> {
+    Ok((
+        p.checkpoint().map_err(projection_failure)?,
+        digests(&p.digest().map_err(projection_failure)?),
+    ))
+}

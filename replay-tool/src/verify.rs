@@ -1,0 +1,407 @@
+//! `verify` (AUD-3): walks every record of the segment files, read-only, and checks each
+//! record's CRC, the global positions (0, 1, 2, ... without gap), every stream's revisions
+//! (0, 1, 2, ...), each event's predecessor hash against its stream's previous event, and each
+//! event's own hash over its canonical bytes. The walk reads the files itself, so a damaged
+//! store is reported rather than "recovered", and nothing is written. The index's checkpoint
+//! (how many events were committed) is compared with what the walk found, so a deletion at
+//! the end is caught too.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use chrono::{TimeZone, Utc};
+use ledger::{GENESIS_HASH, RecordedEvent, envelope_hash};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Failure, Result};
+use crate::source::{in_use_message, is_lock_error, log_dir};
+
+/// The smallest body a record can have: flags, position, fixed canonical fields, hash.
+const BODY_BYTES_MIN: usize = 1 + 8 + (16 + 4 + 8 + 4 + 2 + 12 + 4 + 16 + 16 + 4 + 32) + 32;
+
+/// The first broken event, as precisely as the walk can name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Break {
+    /// The API position (the n-th event of the log, from 1, as the server's clients see
+    /// positions) where the log stopped being intact: the first event that is not as expected.
+    pub position: u64,
+    pub segment: Option<u64>,
+    pub offset: Option<u64>,
+    pub stream: Option<String>,
+    pub revision: Option<u64>,
+    pub event_id: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "first broken event at position {}", self.position)?;
+        if let Some(stream) = &self.stream {
+            write!(f, " (stream {stream}")?;
+            if let Some(r) = self.revision {
+                write!(f, ", revision {r}")?;
+            }
+            if let Some(id) = &self.event_id {
+                write!(f, ", event {id}")?;
+            }
+            write!(f, ")")?;
+        }
+        if let (Some(s), Some(o)) = (self.segment, self.offset) {
+            write!(f, " in segment {s} at byte {o}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What a verify pass found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyOutcome {
+    pub events_checked: u64,
+    pub streams_checked: u64,
+    /// The committed event count the index recorded, when there is an index.
+    pub committed: Option<u64>,
+    pub first_break: Option<Break>,
+}
+
+impl VerifyOutcome {
+    pub fn is_intact(&self) -> bool {
+        self.first_break.is_none()
+    }
+}
+
+/// Verifies the embedded ledger under `data` without opening it for writing. Refuses
+/// (exit 2) when a server holds the store.
+pub fn verify_data_dir(data: &Path) -> Result<VerifyOutcome> {
+    let dir = log_dir(data)?;
+    let committed = read_committed(&dir, data)?;
+    let mut outcome = walk_segments(&dir.join("segments"))?;
+    outcome.committed = committed;
+    if outcome.first_break.is_none()
+        && let Some(c) = committed
+        && c != outcome.events_checked
+    {
+        let reason = if c > outcome.events_checked {
+            format!(
+                "the index records {c} committed events but the segments hold only {}: events were deleted",
+                outcome.events_checked
+            )
+        } else {
+            format!(
+                "the segments hold {} events but the index records only {c} as committed (an unacknowledged tail, or the index is behind)",
+                outcome.events_checked
+            )
+        };
+        outcome.first_break = Some(Break {
+            position: outcome.events_checked.min(c) + 1,
+            segment: None,
+            offset: None,
+            stream: None,
+            revision: None,
+            event_id: None,
+            reason,
+        });
+    }
+    Ok(outcome)
+}
+
+/// The index's checkpoint: the number of committed events. Opening the index also tells
+/// whether a server holds the store (sled takes an exclusive lock).
+fn read_committed(dir: &Path, data: &Path) -> Result<Option<u64>> {
+    let index = dir.join("index");
+    if !index.is_dir() {
+        return Ok(None);
+    }
+    let db = crate::source::retry_while_locked(data, || open_index(&index, data))?;
+    let value = db
+        .get(b"K")
+        .map_err(|e| Failure::usage(format!("reading the index checkpoint: {e}")))?;
+    Ok(value.and_then(|v| {
+        v.get(0..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    }))
+}
+
+fn open_index(index: &Path, data: &Path) -> Result<sled::Db> {
+    sled::Config::new().path(index).open().map_err(|e| {
+        let m = e.to_string();
+        if is_lock_error(&m) {
+            Failure::usage(in_use_message(data))
+        } else {
+            Failure::usage(format!("cannot open the index at {}: {m}", index.display()))
+        }
+    })
+}
+
+/// The segment files in id order; ids must run without a gap.
+fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| Failure::usage(format!("cannot list {}: {e}", dir.display())))?
+    {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            files.push((id, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+struct Walk {
+    heads: HashMap<String, (u64, [u8; 32])>,
+    checked: u64,
+}
+
+/// Walks every record of every segment and returns the first break.
+pub fn walk_segments(dir: &Path) -> Result<VerifyOutcome> {
+    let files = segment_files(dir)?;
+    let mut walk = Walk {
+        heads: HashMap::new(),
+        checked: 0,
+    };
+    let mut first_break = None;
+    let first_id = files.first().map(|(id, _)| *id).unwrap_or(0);
+    for (expected_id, (id, path)) in (first_id..).zip(files.iter()) {
+        if *id != expected_id {
+            first_break = Some(Break {
+                position: walk.checked + 1,
+                segment: Some(expected_id),
+                offset: None,
+                stream: None,
+                revision: None,
+                event_id: None,
+                reason: format!("segment {expected_id} is missing (found {id} next)"),
+            });
+            break;
+        }
+        if let Some(b) = walk_file(*id, path, &mut walk)? {
+            first_break = Some(b);
+            break;
+        }
+    }
+    Ok(VerifyOutcome {
+        events_checked: walk.checked,
+        streams_checked: walk.heads.len() as u64,
+        committed: None,
+        first_break,
+    })
+}
+
+fn walk_file(segment: u64, path: &Path, walk: &mut Walk) -> Result<Option<Break>> {
+    let file = File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    loop {
+        let bad = |walk: &Walk, reason: String| Break {
+            position: walk.checked + 1,
+            segment: Some(segment),
+            offset: Some(offset),
+            stream: None,
+            revision: None,
+            event_id: None,
+            reason,
+        };
+        let mut header = [0u8; 8];
+        match read_full(&mut reader, &mut header)? {
+            0 => return Ok(None),
+            8 => {}
+            _ => {
+                return Ok(Some(bad(
+                    walk,
+                    "record header cut short by the end of the segment".into(),
+                )));
+            }
+        }
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
+        if !(BODY_BYTES_MIN..=ledger::EVENT_BYTES_MAX).contains(&len) {
+            return Ok(Some(bad(walk, format!("implausible record length {len}"))));
+        }
+        let mut body = vec![0u8; len];
+        if read_full(&mut reader, &mut body)? < len {
+            return Ok(Some(bad(
+                walk,
+                "record cut short by the end of the segment".into(),
+            )));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[0..4]);
+        crc.update(&body);
+        if crc.finalize() != u32::from_le_bytes(header[4..8].try_into().expect("4")) {
+            return Ok(Some(bad(
+                walk,
+                "the record's CRC does not match its bytes".into(),
+            )));
+        }
+        let event = match decode_body(&body) {
+            Ok(e) => e,
+            Err(reason) => return Ok(Some(bad(walk, reason))),
+        };
+        if let Some(reason) = chain_fault(&event, walk.checked, walk.heads.get(&event.stream)) {
+            return Ok(Some(Break {
+                position: walk.checked + 1,
+                segment: Some(segment),
+                offset: Some(offset),
+                stream: Some(event.stream.clone()),
+                revision: Some(event.revision),
+                event_id: Some(event.event_id.to_string()),
+                reason,
+            }));
+        }
+        walk.heads
+            .insert(event.stream.clone(), (event.revision, event.hash));
+        walk.checked += 1;
+        offset += 8 + len as u64;
+    }
+}
+
+/// Why `e` cannot stand at `position` after its stream's `head`, if it cannot (AUD-3).
+fn chain_fault(e: &RecordedEvent, position: u64, head: Option<&(u64, [u8; 32])>) -> Option<String> {
+    if e.position != position {
+        return Some(format!(
+            "it records position {} where position {} was expected (an event is missing or out of order)",
+            e.position + 1,
+            position + 1
+        ));
+    }
+    let (want_revision, want_hash) = head.map_or((0, GENESIS_HASH), |(r, h)| (r + 1, *h));
+    if e.revision != want_revision {
+        return Some(format!(
+            "it has revision {} where its stream's next revision is {want_revision} (an event of the stream is missing or out of order)",
+            e.revision
+        ));
+    }
+    if e.predecessor_hash != want_hash {
+        return Some(
+            "its predecessor hash is not the hash of its stream's previous event (an event before it was changed, removed or reordered)".into(),
+        );
+    }
+    if envelope_hash(e) != e.hash {
+        return Some("its own hash does not match its contents (the event was edited)".into());
+    }
+    None
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.buf.len() - self.at < n {
+            return Err("a field runs past the end of the record".into());
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn uuid(&mut self) -> Result<Uuid, String> {
+        Ok(Uuid::from_bytes(self.take(16)?.try_into().expect("16")))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], String> {
+        Ok(self.take(32)?.try_into().expect("32"))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "a string is not UTF-8".into())
+    }
+}
+
+/// Decodes a record body (docs/ledger.md "Segment format").
+fn decode_body(body: &[u8]) -> Result<RecordedEvent, String> {
+    let mut c = Cursor { buf: body, at: 0 };
+    let _flags = c.take(1)?[0];
+    let position = c.u64()?;
+    let event_id = c.uuid()?;
+    let stream = c.string()?;
+    let revision = c.u64()?;
+    let event_type = c.string()?;
+    let schema_version = c.u16()?;
+    let secs = c.u64()? as i64;
+    let nanos = c.u32()?;
+    let recorded_at = Utc
+        .timestamp_opt(secs, nanos)
+        .single()
+        .ok_or("the recorded time is out of range")?;
+    let actor = c.string()?;
+    let command_id = c.uuid()?;
+    let correlation_id = c.uuid()?;
+    let payload = c.bytes()?.to_vec();
+    let predecessor_hash = c.hash()?;
+    let hash = c.hash()?;
+    if c.at != body.len() {
+        return Err("trailing bytes in the record".into());
+    }
+    Ok(RecordedEvent {
+        event_id,
+        stream,
+        revision,
+        position,
+        event_type,
+        schema_version,
+        recorded_at,
+        actor,
+        command_id,
+        correlation_id,
+        payload,
+        predecessor_hash,
+        hash,
+    })
+}
+
+/// Verifies through the ledger API (KurrentDB): every stream's chain as the backend walks it.
+pub async fn verify_log(log: &dyn ledger::EventLog) -> Result<VerifyOutcome> {
+    let report = log
+        .verify()
+        .await
+        .map_err(|e| Failure::usage(format!("verify could not run: {e}")))?;
+    Ok(VerifyOutcome {
+        events_checked: report.events_checked,
+        streams_checked: report.streams_checked,
+        committed: None,
+        first_break: report.first_break.map(|b| Break {
+            position: server::projector::api_position(b.position),
+            segment: None,
+            offset: None,
+            stream: (!b.stream.is_empty()).then_some(b.stream),
+            revision: Some(b.revision),
+            event_id: b.event_id.map(|id| id.to_string()),
+            reason: b.reason,
+        }),
+    })
+}
