@@ -259,6 +259,21 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<(RecordedEvent, u8, usize), De
     if checksum(&len_bytes, body) != stored_crc {
         return Err(DecodeError::Bad("checksum mismatch".into()));
     }
+    let (e, flags) = decode_body(body)?;
+    Ok((e, flags, RECORD_HEADER_BYTES + len))
+}
+
+/// Decodes a record's body (the bytes after its 8-byte header) into the event and its
+/// flags. Only the format is checked: the caller checks the checksum and the hashes. Public
+/// so that the replay tool's read-only verify reads records exactly as the log writes them.
+pub fn decode_record_body(body: &[u8]) -> Result<(RecordedEvent, u8), String> {
+    decode_body(body).map_err(|error| match error {
+        DecodeError::Truncated => "the record is cut short".to_owned(),
+        DecodeError::Bad(reason) => reason,
+    })
+}
+
+fn decode_body(body: &[u8]) -> Result<(RecordedEvent, u8), DecodeError> {
     let mut c = Cursor { buf: body, at: 0 };
     let flags = c.take(1)?[0];
     let position = c.u64()?;
@@ -297,7 +312,7 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<(RecordedEvent, u8, usize), De
         predecessor_hash,
         hash,
     };
-    Ok((e, flags, RECORD_HEADER_BYTES + len))
+    Ok((e, flags))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod storage;
 mod types;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions, IndexStore};
-pub use envelope::{GENESIS_HASH, envelope_hash};
+pub use envelope::{GENESIS_HASH, decode_record_body, envelope_hash};
 #[cfg(feature = "kurrentdb")]
 pub use kurrent::KurrentLog;
 pub use types::*;

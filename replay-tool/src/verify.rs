@@ -11,10 +11,8 @@ use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use chrono::{TimeZone, Utc};
 use ledger::{GENESIS_HASH, RecordedEvent, envelope_hash};
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::error::{Failure, Result};
 use crate::source::{in_use_message, is_lock_error, log_dir};
@@ -242,8 +240,8 @@ fn walk_file(segment: u64, path: &Path, walk: &mut Walk) -> Result<Option<Break>
                 "the record's CRC does not match its bytes".into(),
             )));
         }
-        let event = match decode_body(&body) {
-            Ok(e) => e,
+        let event = match ledger::decode_record_body(&body) {
+            Ok((e, _flags)) => e,
             Err(reason) => return Ok(Some(bad(walk, reason))),
         };
         if let Some(reason) = chain_fault(&event, walk.checked, walk.heads.get(&event.stream)) {
@@ -302,86 +300,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.buf.len() - self.at < n {
-            return Err("a field runs past the end of the record".into());
-        }
-        let s = &self.buf[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn uuid(&mut self) -> Result<Uuid, String> {
-        Ok(Uuid::from_bytes(self.take(16)?.try_into().expect("16")))
-    }
-    fn hash(&mut self) -> Result<[u8; 32], String> {
-        Ok(self.take(32)?.try_into().expect("32"))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    fn string(&mut self) -> Result<String, String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "a string is not UTF-8".into())
-    }
-}
-
-/// Decodes a record body (docs/ledger.md "Segment format").
-fn decode_body(body: &[u8]) -> Result<RecordedEvent, String> {
-    let mut c = Cursor { buf: body, at: 0 };
-    let _flags = c.take(1)?[0];
-    let position = c.u64()?;
-    let event_id = c.uuid()?;
-    let stream = c.string()?;
-    let revision = c.u64()?;
-    let event_type = c.string()?;
-    let schema_version = c.u16()?;
-    let secs = c.u64()? as i64;
-    let nanos = c.u32()?;
-    let recorded_at = Utc
-        .timestamp_opt(secs, nanos)
-        .single()
-        .ok_or("the recorded time is out of range")?;
-    let actor = c.string()?;
-    let command_id = c.uuid()?;
-    let correlation_id = c.uuid()?;
-    let payload = c.bytes()?.to_vec();
-    let predecessor_hash = c.hash()?;
-    let hash = c.hash()?;
-    if c.at != body.len() {
-        return Err("trailing bytes in the record".into());
-    }
-    Ok(RecordedEvent {
-        event_id,
-        stream,
-        revision,
-        position,
-        event_type,
-        schema_version,
-        recorded_at,
-        actor,
-        command_id,
-        correlation_id,
-        payload,
-        predecessor_hash,
-        hash,
-    })
 }
 
 /// Verifies through the ledger API (KurrentDB): every stream's chain as the backend walks it.
