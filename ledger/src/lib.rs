@@ -13,7 +13,7 @@ mod kurrent;
 pub mod storage;
 mod types;
 
-pub use embedded::{EmbeddedLog, EmbeddedOptions, IndexStore};
+pub use embedded::{EmbeddedLog, EmbeddedOptions, IndexStore, open_sled};
 pub use envelope::{GENESIS_HASH, decode_record_body, envelope_hash};
 #[cfg(feature = "kurrentdb")]
 pub use kurrent::KurrentLog;

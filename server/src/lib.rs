@@ -142,7 +142,7 @@ pub async fn run(
         }
         Backend::KurrentDb(url) => open_kurrentdb(url).await?,
     };
-    let store = sled::open(config.data_dir.join("server"))
+    let store = ledger::open_sled(&config.data_dir.join("server"))
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let snapshots = store
         .open_tree("snapshots")

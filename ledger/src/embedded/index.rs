@@ -159,12 +159,37 @@ impl IndexBatch {
     }
 }
 
+/// How often an open retries while sled's lock on a directory is still held.
+pub const SLED_OPEN_LOCK_ATTEMPTS_MAX: u32 = 40;
+/// The wait between two such retries; 40 of them bound the wait at 2 s.
+pub const SLED_OPEN_LOCK_RETRY_INTERVAL_MS: u64 = 50;
+
+/// Opens (or creates) a sled database in `dir`. sled releases a directory's lock from its
+/// background threads a moment after the last handle of a database is dropped, so a reopen
+/// in the same process (a restart, a test) waits for it, bounded, instead of failing. A lock
+/// held by another process is still an error after the wait.
+pub fn open_sled(dir: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let mut attempts = 0;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && attempts < SLED_OPEN_LOCK_ATTEMPTS_MAX =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(
+                    SLED_OPEN_LOCK_RETRY_INTERVAL_MS,
+                ));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl IndexStore {
     /// Opens (or creates) a sled index in `dir`.
     pub fn open_sled(dir: impl AsRef<Path>) -> Result<IndexStore> {
-        Ok(IndexStore::Sled(
-            sled::Config::new().path(dir.as_ref()).open()?,
-        ))
+        Ok(IndexStore::Sled(open_sled(dir.as_ref())?))
     }
 
     /// An empty index in memory.

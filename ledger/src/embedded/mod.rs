@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-pub use index::IndexStore;
 use index::Location;
+pub use index::{IndexStore, open_sled};
 use reader::{SegmentReader, read_record_at};
 use writer::AppendRequest;
 
