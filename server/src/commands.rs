@@ -549,32 +549,16 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<RedeemLicenseKeyRequest>,
     ) -> Result<Response<JoinReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let key = request.into_inner().key;
-        self.once(
-            &call,
-            "RedeemLicenseKey",
-            &bytes,
-            self.join(&call, &key, SecretKind::Key),
-        )
-        .await
+        self.redeem(request, "RedeemLicenseKey", SecretKind::Key, |r| r.key)
+            .await
     }
 
     async fn join_via_link(
         &self,
         request: Request<JoinViaLinkRequest>,
     ) -> Result<Response<JoinReply>, Status> {
-        let call = self.call(&request)?;
-        let bytes = request.get_ref().encode_to_vec();
-        let token = request.into_inner().token;
-        self.once(
-            &call,
-            "JoinViaLink",
-            &bytes,
-            self.join(&call, &token, SecretKind::Link),
-        )
-        .await
+        self.redeem(request, "JoinViaLink", SecretKind::Link, |r| r.token)
+            .await
     }
 
     async fn rotate_license_key(
@@ -965,6 +949,21 @@ impl CommandService {
             Ok(CommandReply { position })
         };
         self.once(&call, rpc, &bytes, run).await
+    }
+
+    /// KEY-1, LINK-1: the two ways in by a secret differ only in the request's field.
+    async fn redeem<M: Message>(
+        &self,
+        request: Request<M>,
+        rpc: &str,
+        kind: SecretKind,
+        secret_of: impl FnOnce(M) -> String,
+    ) -> Result<Response<JoinReply>, Status> {
+        let call = self.call(&request)?;
+        let bytes = request.get_ref().encode_to_vec();
+        let secret = secret_of(request.into_inner());
+        self.once(&call, rpc, &bytes, self.join(&call, &secret, kind))
+            .await
     }
 
     async fn join(&self, call: &Call, secret: &str, kind: SecretKind) -> Result<JoinReply, Status> {
