@@ -498,42 +498,50 @@ impl Projections {
         &self,
         email: &Email,
     ) -> Result<Vec<DomainName>, ProjectionError> {
-        let generation = self.generation();
-        let user_scope = scope(PREFIX_USER_DOMAIN, email.as_str().as_bytes());
-        let mut domains = Vec::new();
-        for item in generation
-            .tree
-            .scan_prefix(&user_scope)
-            .take(USER_LISTING_ROWS_MAX)
-        {
-            let (key, _) = item?;
-            let domain = std::str::from_utf8(&key[user_scope.len()..])
-                .ok()
-                .and_then(|name| DomainName::parse(name).ok())
-                .ok_or_else(|| corrupt("user domain key"))?;
-            domains.push(domain);
-        }
-        Ok(domains)
+        self.listed_after(
+            PREFIX_USER_DOMAIN,
+            email.as_str(),
+            |name| DomainName::parse(name).ok(),
+            "user domain key",
+        )
     }
 
     /// LIC-5: the domain admins of a domain, by email.
     pub fn domain_admins(&self, domain: &DomainName) -> Result<Vec<Email>, ProjectionError> {
+        self.listed_after(
+            PREFIX_DOMAIN_ADMIN,
+            domain.as_str(),
+            |email| Email::parse(email).ok(),
+            "domain admin key",
+        )
+    }
+
+    /// The values named by the keys under `prefix` and `owner` (`prefix owner \0 value`),
+    /// in key order, at most `USER_LISTING_ROWS_MAX` of them. A key whose value does not
+    /// parse is corruption: the projector only writes valid ones.
+    fn listed_after<T>(
+        &self,
+        prefix: u8,
+        owner: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        what: &'static str,
+    ) -> Result<Vec<T>, ProjectionError> {
         let generation = self.generation();
-        let domain_scope = scope(PREFIX_DOMAIN_ADMIN, domain.as_str().as_bytes());
-        let mut admins = Vec::new();
+        let owner_scope = scope(prefix, owner.as_bytes());
+        let mut values = Vec::new();
         for item in generation
             .tree
-            .scan_prefix(&domain_scope)
+            .scan_prefix(&owner_scope)
             .take(USER_LISTING_ROWS_MAX)
         {
             let (key, _) = item?;
-            let email = std::str::from_utf8(&key[domain_scope.len()..])
+            let value = std::str::from_utf8(&key[owner_scope.len()..])
                 .ok()
-                .and_then(|email| Email::parse(email).ok())
-                .ok_or_else(|| corrupt("domain admin key"))?;
-            admins.push(email);
+                .and_then(&parse)
+                .ok_or_else(|| corrupt(what))?;
+            values.push(value);
         }
-        Ok(admins)
+        Ok(values)
     }
 
     /// KEY-1: the license whose current key this is.
