@@ -2,4 +2,5 @@
 //! `tests/scenarios/` (the contract is `FORMAT.md` of the shared scenarios) against a real
 //! server started in-process, over real gRPC clients. The load generator arrives with issue 7.
 
+pub mod reliability;
 pub mod scenario;
