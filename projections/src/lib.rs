@@ -28,7 +28,7 @@ pub use records::StatusCounts;
 
 /// The version of the key layout and record encodings. Changing it makes `open` report
 /// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 1;
+pub const PROJECTION_SCHEMA_VERSION: u32 = 2;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch.
 pub const APPLY_BATCH_EVENTS_MAX: usize = 10_000;
 /// the most rows one ListUsers page holds.
@@ -52,6 +52,9 @@ const OPEN_LOCK_ATTEMPTS_MAX: u32 = 200;
 const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// the most buckets one usage query answers.
 pub const USAGE_BUCKETS_MAX: usize = 1_000;
+/// the most positions one block of a license's history holds (4 KiB of positions):
+/// a license's history costs one sled key per this many events instead of one per event.
+pub const HISTORY_BLOCK_POSITIONS_MAX: usize = 512;
 /// the most positions one history page holds.
 pub const HISTORY_PAGE_SIZE_MAX: usize = 10_000;
 /// the most licenses or domains listed for one user.
