@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::keys::{self, *};
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode, encode};
-use crate::{ProjectedEvent, ProjectionError, SortColumn};
+use crate::{HISTORY_BLOCK_POSITIONS_MAX, ProjectedEvent, ProjectionError, SortColumn};
 
 /// The stream an event belongs to, parsed from its name.
 pub(crate) enum StreamName {
@@ -80,7 +80,48 @@ pub(crate) struct BatchApplier<'t> {
     /// Decoded license records touched by the batch; `None` for one that does not exist.
     licenses: HashMap<String, Option<LicenseRecord>>,
     members: HashMap<(String, String), Option<MemberRecord>>,
+    /// The last history block of each license the batch touched.
+    license_history: HashMap<String, HistoryBlock>,
     pub(crate) changes: Vec<MembershipChange>,
+}
+
+/// One block of a license's history: up to `HISTORY_BLOCK_POSITIONS_MAX` positions under
+/// the key of its first one. Blocks fill in log order whatever the batch boundaries, so
+/// live and rebuilt projections hold the same blocks (AUD-5).
+struct HistoryBlock {
+    positions: Vec<u64>,
+    /// Whether this batch appended to it (a full block read back is not written again).
+    changed: bool,
+}
+
+/// Reads a stored history block, asserting what every writer guarantees.
+pub(crate) fn decode_history_block(
+    key_first: &[u8],
+    value: &[u8],
+) -> Result<Vec<u64>, ProjectionError> {
+    let corrupt = |reason: &str| ProjectionError::Corrupt {
+        what: "history block",
+        reason: reason.to_owned(),
+    };
+    if value.is_empty()
+        || !value.len().is_multiple_of(8)
+        || value.len() / 8 > HISTORY_BLOCK_POSITIONS_MAX
+    {
+        return Err(corrupt(&format!(
+            "not 1 to {HISTORY_BLOCK_POSITIONS_MAX} eight-byte positions"
+        )));
+    }
+    let positions: Vec<u64> = value
+        .chunks_exact(8)
+        .map(|bytes| u64::from_be_bytes(bytes.try_into().expect("chunks of eight")))
+        .collect();
+    if key_first != positions[0].to_be_bytes() {
+        return Err(corrupt("the key does not name the first position"));
+    }
+    if positions.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(corrupt("positions not strictly increasing"));
+    }
+    Ok(positions)
 }
 
 impl<'t> BatchApplier<'t> {
@@ -90,6 +131,7 @@ impl<'t> BatchApplier<'t> {
             writes: BTreeMap::new(),
             licenses: HashMap::new(),
             members: HashMap::new(),
+            license_history: HashMap::new(),
             changes: Vec::new(),
         }
     }
@@ -136,8 +178,81 @@ impl<'t> BatchApplier<'t> {
         Ok(member)
     }
 
+    /// appends a position to the license's last history block, or starts a block.
+    fn record_license_history(
+        &mut self,
+        license: &str,
+        position: u64,
+    ) -> Result<(), ProjectionError> {
+        if !self.license_history.contains_key(license) {
+            let history_scope = scope(PREFIX_HISTORY_LICENSE, license.as_bytes());
+            let last = match self.tree.scan_prefix(&history_scope).next_back() {
+                Some(item) => {
+                    let (key, value) = item?;
+                    decode_history_block(&key[history_scope.len()..], &value)?
+                }
+                None => Vec::new(),
+            };
+            self.license_history.insert(
+                license.to_owned(),
+                HistoryBlock {
+                    positions: last,
+                    changed: false,
+                },
+            );
+        }
+        let block = self
+            .license_history
+            .get_mut(license)
+            .expect("inserted above");
+        if block.positions.len() >= HISTORY_BLOCK_POSITIONS_MAX {
+            let full = std::mem::replace(
+                block,
+                HistoryBlock {
+                    positions: Vec::new(),
+                    changed: false,
+                },
+            );
+            self.write_history_block(license, full);
+        }
+        let block = self
+            .license_history
+            .get_mut(license)
+            .expect("inserted above");
+        assert!(
+            block.positions.last().is_none_or(|last| *last < position),
+            "history position {position} after {:?}",
+            block.positions.last()
+        );
+        block.positions.push(position);
+        block.changed = true;
+        Ok(())
+    }
+
+    fn write_history_block(&mut self, license: &str, block: HistoryBlock) {
+        if !block.changed {
+            return;
+        }
+        let first = *block
+            .positions
+            .first()
+            .expect("a changed block holds a position");
+        let value: Vec<u8> = block
+            .positions
+            .iter()
+            .flat_map(|position| position.to_be_bytes())
+            .collect();
+        self.put(
+            positioned(PREFIX_HISTORY_LICENSE, license.as_bytes(), first),
+            value,
+        );
+    }
+
     /// Writes every record the batch changed and the checkpoint into one sled batch.
     pub(crate) fn finish(mut self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
+        for (license, block) in std::mem::take(&mut self.license_history) {
+            self.write_history_block(&license, block);
+        }
         for (id, record) in std::mem::take(&mut self.licenses) {
             let key = single(PREFIX_LICENSE, id.as_bytes());
             if let Some(record) = record {
@@ -226,10 +341,7 @@ impl<'t> BatchApplier<'t> {
         projected: &ProjectedEvent,
     ) -> Result<(), ProjectionError> {
         let id_bytes = id.as_str().as_bytes();
-        self.put(
-            positioned(PREFIX_HISTORY_LICENSE, id_bytes, projected.position),
-            Vec::new(),
-        );
+        self.record_license_history(id.as_str(), projected.position)?;
         self.record_user_history(projected);
         let at = projected.recorded_at;
         if let Event::LicenseIssued(issued) = &projected.event {

@@ -5,56 +5,146 @@
 //! substring search of the pattern's longest literal piece runs over contiguous memory
 //! and only the lines it hits are checked against the whole pattern.
 //!
-//! The lists are derived data: loaded from the member keys on first use, kept current by the
-//! projector after each write (the set), and re-joined lazily by the next search after a
-//! change (the text).
+//! The lists are derived data: loaded from the member keys on first use, told of every
+//! membership change by the projector after each write, and re-joined with those changes by
+//! the next search (or once they pile up). Their memory is bounded by
+//! `EMAIL_CACHE_BYTES_MAX` in all and `EMAIL_CACHE_LICENSES_MAX` licenses.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::apply::MembershipChange;
 use crate::keys::{PREFIX_MEMBER, scope};
-use crate::{EMAIL_CACHE_LICENSES_MAX, ProjectionError};
+use crate::{
+    EMAIL_CACHE_BYTES_MAX, EMAIL_CACHE_LICENSES_MAX, EMAIL_CACHE_PENDING_CHANGES_MAX,
+    ProjectionError,
+};
 
-#[derive(Default)]
+/// One cached license: its emails as one sorted text, and the membership changes the
+/// projector made since the text was joined. Only the text holds the emails (no set of
+/// separately allocated strings beside it), so a cached email costs its length plus five
+/// bytes.
 struct LicenseEmails {
-    emails: BTreeSet<String>,
-    joined: Option<Joined>,
+    /// Shared with searches under way, so a search holds no lock while it reads.
+    joined: Arc<Joined>,
+    /// email -> present after the change, applied to the text by the next search (or at
+    /// once when they pile up past `EMAIL_CACHE_PENDING_CHANGES_MAX`).
+    pending: BTreeMap<String, bool>,
 }
+
+impl LicenseEmails {
+    fn bytes(&self) -> usize {
+        self.joined.bytes()
+            + self
+                .pending
+                .keys()
+                .map(|email| email.len() + PENDING_ENTRY_OVERHEAD_BYTES)
+                .sum::<usize>()
+    }
+
+    /// Merges the pending changes into a freshly joined text: one pass over both, in order.
+    fn merge_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut builder = JoinedBuilder::with_capacity(self.joined.text.len(), self.joined.len());
+        let mut changes = pending.into_iter().peekable();
+        for index in 0..self.joined.len() {
+            let email = self.joined.email(index);
+            while let Some((changed, present)) =
+                changes.next_if(|(changed, _)| changed.as_str() < email)
+            {
+                if present {
+                    builder.push(&changed);
+                }
+            }
+            match changes.next_if(|(changed, _)| changed.as_str() == email) {
+                Some((_, false)) => {}
+                _ => builder.push(email),
+            }
+        }
+        for (changed, present) in changes {
+            if present {
+                builder.push(&changed);
+            }
+        }
+        self.joined = Arc::new(builder.finish());
+    }
+}
+
+/// A pending change's bookkeeping besides the email itself (map node and flag), roughly.
+const PENDING_ENTRY_OVERHEAD_BYTES: usize = 48;
 
 struct Joined {
     /// Every email in order, each preceded and followed by a newline.
     text: String,
-    /// Where each email starts in `text`.
-    starts: Vec<usize>,
+    /// Where each email starts in `text`; u32 halves the index of a large license, and
+    /// `JoinedBuilder::push` asserts the text stays below 4 GiB.
+    starts: Vec<u32>,
+}
+
+struct JoinedBuilder {
+    text: String,
+    starts: Vec<u32>,
+}
+
+impl JoinedBuilder {
+    fn with_capacity(bytes: usize, emails: usize) -> Self {
+        let mut text = String::with_capacity(bytes + 1);
+        text.push('\n');
+        Self {
+            text,
+            starts: Vec::with_capacity(emails),
+        }
+    }
+
+    /// Appends the next email; emails come in strictly increasing order.
+    fn push(&mut self, email: &str) {
+        let start = u32::try_from(self.text.len()).expect("a cached email text stays below 4 GiB");
+        debug_assert!(!email.contains('\n'), "emails hold no newline");
+        self.starts.push(start);
+        self.text.push_str(email);
+        self.text.push('\n');
+    }
+
+    fn finish(mut self) -> Joined {
+        self.text.shrink_to_fit();
+        self.starts.shrink_to_fit();
+        Joined {
+            text: self.text,
+            starts: self.starts,
+        }
+    }
 }
 
 impl Joined {
-    fn new(emails: &BTreeSet<String>) -> Self {
-        let length: usize = emails.iter().map(|email| email.len() + 1).sum();
-        let mut text = String::with_capacity(length + 1);
-        let mut starts = Vec::with_capacity(emails.len());
-        text.push('\n');
-        for email in emails {
-            starts.push(text.len());
-            text.push_str(email);
-            text.push('\n');
-        }
-        Self { text, starts }
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.text.capacity() + self.starts.capacity() * std::mem::size_of::<u32>()
+    }
+
+    fn start(&self, index: usize) -> usize {
+        self.starts[index] as usize
+    }
+
+    fn email(&self, index: usize) -> &str {
+        let start = self.start(index);
+        let end = match self.starts.get(index + 1) {
+            Some(next) => *next as usize - 1,
+            None => self.text.len() - 1,
+        };
+        &self.text[start..end]
     }
 
     /// The index of the first email not below `bound` (for a lower bound) or the index
     /// after the last email not above it (for an upper bound).
     fn index(&self, bound: Bound<&str>, lower: bool) -> usize {
-        let email_at = |index: usize| {
-            let start = self.starts[index];
-            let end = start
-                + self.text[start..]
-                    .find('\n')
-                    .expect("every email ends in a newline");
-            &self.text[start..end]
-        };
+        let email_at = |index: usize| self.email(index);
         match (bound, lower) {
             (Bound::Unbounded, true) => 0,
             (Bound::Unbounded, false) => self.starts.len(),
@@ -112,103 +202,54 @@ impl EmailCache {
         tree: &sled::Tree,
         license: &str,
         search: &Search<'_>,
-        mut visit: impl FnMut(&str) -> Result<bool, ProjectionError>,
+        visit: impl FnMut(&str) -> Result<bool, ProjectionError>,
     ) -> Result<(), ProjectionError> {
-        self.ensure_joined(tree, license)?;
-        let licenses = self.licenses.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = licenses.get(license) else {
-            // Evicted meanwhile by another license's load: read the stored members once.
-            drop(licenses);
-            let emails = load(tree, license)?;
-            return scan_set(&emails, search, visit);
-        };
-        let Some(joined) = &entry.joined else {
-            // Changed meanwhile by the projector: the set is current, the text is not.
-            return scan_set(&entry.emails, search, visit);
-        };
-        let first = joined.index(search.lower, true);
-        let end = joined.index(search.upper, false);
-        if first >= end {
-            return Ok(());
-        }
-        // The region from the newline before the first email to the newline after the last.
-        let region_start = joined.starts[first] - 1;
-        let region_end = match joined.starts.get(end) {
-            Some(next) => next - 1,
-            None => joined.text.len() - 1,
-        };
-        let text = joined.text.as_str();
-        if search.descending {
-            let mut upto = region_end;
-            while upto > region_start {
-                let Some(found) = text[region_start..upto].rfind(search.needle) else {
-                    return Ok(());
-                };
-                // A match may start on the newline before the region's first email (a
-                // needle beginning with a newline); its line lies outside the region.
-                let (line_start, line_end) = joined.line_at(region_start + found);
-                if line_start <= region_start {
-                    return Ok(());
-                }
-                if visit(&text[line_start..line_end])? {
-                    return Ok(());
-                }
-                upto = line_start - 1;
-            }
-        } else {
-            let mut from = region_start + 1;
-            while from < region_end {
-                let Some(found) = text[from..region_end].find(search.needle) else {
-                    return Ok(());
-                };
-                let (line_start, line_end) = joined.line_at(from + found);
-                if line_start >= from && visit(&text[line_start..line_end])? {
-                    return Ok(());
-                }
-                from = line_end + 1;
-            }
-        }
-        Ok(())
+        let joined = self.current(tree, license)?;
+        search_joined(&joined, search, visit)
     }
 
-    fn ensure_joined(&self, tree: &sled::Tree, license: &str) -> Result<(), ProjectionError> {
+    /// The license's emails with every change told so far, loaded on first use.
+    fn current(&self, tree: &sled::Tree, license: &str) -> Result<Arc<Joined>, ProjectionError> {
         {
             let licenses = self.licenses.read().unwrap_or_else(PoisonError::into_inner);
-            if licenses
-                .get(license)
-                .is_some_and(|entry| entry.joined.is_some())
+            if let Some(entry) = licenses.get(license)
+                && entry.pending.is_empty()
             {
-                return Ok(());
+                return Ok(Arc::clone(&entry.joined));
             }
         }
         // Loading holds the write lock, so the projector's changes for a batch written
-        // during the load wait and are applied after it: the set operations are
-        // idempotent, and the list ends up equal to the stored members.
+        // during the load wait and are applied after it: they are idempotent (present or
+        // not), and the list ends up equal to the stored members.
         let mut licenses = self
             .licenses
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if !licenses.contains_key(license) {
-            if licenses.len() >= EMAIL_CACHE_LICENSES_MAX {
-                // Any license may go: its next search loads it again.
-                if let Some(evicted) = licenses.keys().next().cloned() {
-                    licenses.remove(&evicted);
-                }
-            }
-            let emails = load(tree, license)?;
-            licenses.insert(
-                license.to_owned(),
-                LicenseEmails {
-                    emails,
-                    joined: None,
-                },
-            );
+        if let Some(entry) = licenses.get_mut(license) {
+            entry.merge_pending();
+            return Ok(Arc::clone(&entry.joined));
         }
-        let entry = licenses.get_mut(license).expect("inserted above");
-        if entry.joined.is_none() {
-            entry.joined = Some(Joined::new(&entry.emails));
+        let joined = Arc::new(load(tree, license)?);
+        let entry = LicenseEmails {
+            joined: Arc::clone(&joined),
+            pending: BTreeMap::new(),
+        };
+        let needed = entry.bytes();
+        // Other licenses go until this one fits (any may go: its next search loads it
+        // again); a license larger than the whole budget is searched but not kept.
+        while !licenses.is_empty()
+            && (licenses.len() >= EMAIL_CACHE_LICENSES_MAX
+                || total_bytes(&licenses) + needed > EMAIL_CACHE_BYTES_MAX)
+        {
+            let Some(evicted) = licenses.keys().next().cloned() else {
+                break;
+            };
+            licenses.remove(&evicted);
         }
-        Ok(())
+        if needed <= EMAIL_CACHE_BYTES_MAX {
+            licenses.insert(license.to_owned(), entry);
+        }
+        Ok(joined)
     }
 
     pub(crate) fn apply(&self, changes: &[MembershipChange]) {
@@ -221,20 +262,22 @@ impl EmailCache {
             .unwrap_or_else(PoisonError::into_inner);
         for change in changes {
             if let Some(entry) = licenses.get_mut(&change.license) {
-                if change.present {
-                    entry.emails.insert(change.email.clone());
-                } else {
-                    entry.emails.remove(&change.email);
+                entry.pending.insert(change.email.clone(), change.present);
+                if entry.pending.len() > EMAIL_CACHE_PENDING_CHANGES_MAX {
+                    entry.merge_pending();
                 }
-                entry.joined = None;
             }
         }
     }
 }
 
-fn load(tree: &sled::Tree, license: &str) -> Result<BTreeSet<String>, ProjectionError> {
+fn total_bytes(licenses: &HashMap<String, LicenseEmails>) -> usize {
+    licenses.values().map(LicenseEmails::bytes).sum()
+}
+
+fn load(tree: &sled::Tree, license: &str) -> Result<Joined, ProjectionError> {
     let member_scope = scope(PREFIX_MEMBER, license.as_bytes());
-    let mut emails = BTreeSet::new();
+    let mut builder = JoinedBuilder::with_capacity(0, 0);
     for item in tree.scan_prefix(&member_scope) {
         let (key, _) = item?;
         let email = std::str::from_utf8(&key[member_scope.len()..]).map_err(|_| {
@@ -243,28 +286,60 @@ fn load(tree: &sled::Tree, license: &str) -> Result<BTreeSet<String>, Projection
                 reason: "email not UTF-8".into(),
             }
         })?;
-        emails.insert(email.to_owned());
+        builder.push(email);
     }
-    Ok(emails)
+    Ok(builder.finish())
 }
 
-fn scan_set(
-    emails: &BTreeSet<String>,
+/// One substring search of the needle over the region of the text within the bounds.
+fn search_joined(
+    joined: &Joined,
     search: &Search<'_>,
     mut visit: impl FnMut(&str) -> Result<bool, ProjectionError>,
 ) -> Result<(), ProjectionError> {
     if crate::queries::string_bounds_are_empty(&search.lower, &search.upper) {
         return Ok(());
     }
-    let range = emails.range::<str, _>((search.lower, search.upper));
-    let candidates: Box<dyn Iterator<Item = &String>> = if search.descending {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
+    let first = joined.index(search.lower, true);
+    let end = joined.index(search.upper, false);
+    if first >= end {
+        return Ok(());
+    }
+    // The region from the newline before the first email to the newline after the last.
+    let region_start = joined.start(first) - 1;
+    let region_end = match joined.starts.get(end) {
+        Some(next) => *next as usize - 1,
+        None => joined.text.len() - 1,
     };
-    for email in candidates {
-        if email.contains(search.needle) && visit(email)? {
-            break;
+    let text = joined.text.as_str();
+    if search.descending {
+        let mut upto = region_end;
+        while upto > region_start {
+            let Some(found) = text[region_start..upto].rfind(search.needle) else {
+                return Ok(());
+            };
+            // A match may start on the newline before the region's first email (a needle
+            // beginning with a newline); its line lies outside the region.
+            let (line_start, line_end) = joined.line_at(region_start + found);
+            if line_start <= region_start {
+                return Ok(());
+            }
+            if visit(&text[line_start..line_end])? {
+                return Ok(());
+            }
+            upto = line_start - 1;
+        }
+    } else {
+        let mut from = region_start + 1;
+        while from < region_end {
+            let Some(found) = text[from..region_end].find(search.needle) else {
+                return Ok(());
+            };
+            let (line_start, line_end) = joined.line_at(from + found);
+            if line_start >= from && visit(&text[line_start..line_end])? {
+                return Ok(());
+            }
+            from = line_end + 1;
         }
     }
     Ok(())

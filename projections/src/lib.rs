@@ -28,7 +28,7 @@ pub use records::StatusCounts;
 
 /// The version of the key layout and record encodings. Changing it makes `open` report
 /// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 1;
+pub const PROJECTION_SCHEMA_VERSION: u32 = 2;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch.
 pub const APPLY_BATCH_EVENTS_MAX: usize = 10_000;
 /// the most rows one ListUsers page holds.
@@ -38,12 +38,23 @@ pub const LIST_USERS_PAGE_SIZE_MAX: usize = 1_000;
 pub const LIST_USERS_CANDIDATES_IN_MEMORY_MAX: usize = 20_000;
 /// How many licenses keep their email list in memory for `%pattern%` searches.
 pub const EMAIL_CACHE_LICENSES_MAX: usize = 32;
+/// The memory those email lists may take in all (a million emails of 30 characters take
+/// about 35 MiB). A license larger than this is searched from sled every time.
+pub const EMAIL_CACHE_BYTES_MAX: usize = 128 << 20;
+/// Membership changes kept beside a cached email list before they are merged into it.
+pub const EMAIL_CACHE_PENDING_CHANGES_MAX: usize = 100_000;
+/// sled's page cache (its default is 1 GiB). The projections are rebuilt from the log
+/// when lost, so the cache only trades query speed for memory.
+pub const SLED_CACHE_CAPACITY_BYTES: u64 = 64 << 20;
 /// How often `open` retries a directory whose lock a just-dropped `Projections` still
 /// holds, and how long it waits between tries (two seconds in all).
 const OPEN_LOCK_ATTEMPTS_MAX: u32 = 200;
 const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// the most buckets one usage query answers.
 pub const USAGE_BUCKETS_MAX: usize = 1_000;
+/// the most positions one block of a license's history holds (4 KiB of positions):
+/// a license's history costs one sled key per this many events instead of one per event.
+pub const HISTORY_BLOCK_POSITIONS_MAX: usize = 512;
 /// the most positions one history page holds.
 pub const HISTORY_PAGE_SIZE_MAX: usize = 10_000;
 /// the most licenses or domains listed for one user.
@@ -336,7 +347,11 @@ impl Projections {
     ) -> Result<Self, ProjectionError> {
         let mut attempts = 0;
         let db = loop {
-            match sled::Config::new().path(path.as_ref()).open() {
+            match sled::Config::new()
+                .path(path.as_ref())
+                .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+                .open()
+            {
                 Ok(db) => break db,
                 // sled finishes its last buffer writes on background threads after a
                 // `Db` is dropped, and they hold the directory's lock until done; a reopen
@@ -358,7 +373,10 @@ impl Projections {
     /// Projections in a temporary sled database that disappears when dropped: the replay
     /// tool applies the log up to a position or a time into one and queries it (AUD-5).
     pub fn open_temporary() -> Result<Self, ProjectionError> {
-        let db = sled::Config::new().temporary(true).open()?;
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+            .open()?;
         Self::from_db(db, PROJECTION_SCHEMA_VERSION)
     }
 

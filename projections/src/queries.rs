@@ -11,7 +11,7 @@ use domain::{
     DomainName, Email, FeatureName, LicenseId, LicenseType, OuPath, Role, Secret, Source, Status,
 };
 
-use crate::apply::{day_of, secret_hash, sort_value};
+use crate::apply::{day_of, decode_history_block, secret_hash, sort_value};
 use crate::cache::Search;
 use crate::keys::*;
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode};
@@ -580,7 +580,41 @@ impl Projections {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<u64>, ProjectionError> {
-        self.history(PREFIX_HISTORY_LICENSE, license.as_str(), after, limit)
+        check_history_limit(limit)?;
+        let generation = self.generation();
+        let history_scope = scope(PREFIX_HISTORY_LICENSE, license.as_str().as_bytes());
+        let upper = prefix_end(&history_scope).expect("a scope ends in zero");
+        // The first block to read is the last one starting at or before `after` (it may
+        // hold later positions too); without `after`, the first block.
+        let start = match after {
+            Some(position) => generation
+                .tree
+                .range(
+                    history_scope.clone()
+                        ..=positioned(
+                            PREFIX_HISTORY_LICENSE,
+                            license.as_str().as_bytes(),
+                            position,
+                        ),
+                )
+                .next_back()
+                .transpose()?
+                .map_or_else(|| history_scope.clone(), |(key, _)| key.to_vec()),
+            None => history_scope.clone(),
+        };
+        let mut positions = Vec::new();
+        for item in generation.tree.range(start..upper) {
+            let (key, value) = item?;
+            let block = decode_history_block(&key[history_scope.len()..], &value)?;
+            let fresh = block
+                .into_iter()
+                .filter(|position| after.is_none_or(|after| *position > after));
+            positions.extend(fresh.take(limit - positions.len()));
+            if positions.len() == limit {
+                break;
+            }
+        }
+        Ok(positions)
     }
 
     /// positions of the events about a user (`Event::member_email`), oldest first.
@@ -600,12 +634,7 @@ impl Projections {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<u64>, ProjectionError> {
-        if !(1..=HISTORY_PAGE_SIZE_MAX).contains(&limit) {
-            return Err(ProjectionError::InvalidPageSize {
-                requested: limit,
-                max: HISTORY_PAGE_SIZE_MAX,
-            });
-        }
+        check_history_limit(limit)?;
         let generation = self.generation();
         let subject_scope = scope(prefix, subject.as_bytes());
         let lower = match after {
@@ -713,6 +742,17 @@ impl Projections {
             bucket.users_count = running;
         }
         Ok(result)
+    }
+}
+
+fn check_history_limit(limit: usize) -> Result<(), ProjectionError> {
+    if (1..=HISTORY_PAGE_SIZE_MAX).contains(&limit) {
+        Ok(())
+    } else {
+        Err(ProjectionError::InvalidPageSize {
+            requested: limit,
+            max: HISTORY_PAGE_SIZE_MAX,
+        })
     }
 }
 

@@ -570,6 +570,67 @@ fn history_indexes_hold_positions_by_license_and_by_user() {
 }
 
 #[test]
+fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
+    // Q-6, AUD-5: a license's positions are packed in blocks of HISTORY_BLOCK_POSITIONS_MAX;
+    // pages after any position cross block boundaries, and batch sizes change nothing.
+    let mut world = World::new();
+    world.issue("L1", LicenseType::District, 5_000, 1);
+    world.issue("L2", LicenseType::School, 5_000, 2);
+    let emails: Vec<String> = (0..2_100).map(|n| format!("u{n}@north.edu")).collect();
+    for (index, chunk) in emails.chunks(100).enumerate() {
+        let borrowed: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        // Interleave the two licenses so that neither's positions are consecutive.
+        let license = if index % 3 == 2 { "L2" } else { "L1" };
+        world.add(license, Actor::Staff, &borrowed);
+    }
+    let whole = tempfile::tempdir().unwrap();
+    let at_once = Projections::open(whole.path()).unwrap();
+    for batch in world.events.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
+        at_once.apply_batch(batch).unwrap();
+    }
+    let pieces = tempfile::tempdir().unwrap();
+    let in_pieces = Projections::open(pieces.path()).unwrap();
+    for batch in world.events.chunks(7) {
+        in_pieces.apply_batch(batch).unwrap();
+    }
+    assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
+    let of_l1: Vec<u64> = world
+        .events
+        .iter()
+        .filter(|event| event.stream == "license-L1")
+        .map(|event| event.position)
+        .collect();
+    assert!(of_l1.len() > 2 * projections::HISTORY_BLOCK_POSITIONS_MAX);
+    for store in [&at_once, &in_pieces] {
+        assert_eq!(
+            store
+                .license_history(&license_id("L1"), None, 10_000)
+                .unwrap(),
+            of_l1
+        );
+        // Pages of 97 after every 50th position, including positions of the other license
+        // and the last one.
+        let mut afters: Vec<u64> = of_l1.iter().copied().step_by(50).collect();
+        afters.extend([of_l1[511], of_l1[512], *of_l1.last().unwrap(), of_l1[0] - 1]);
+        for after in afters {
+            let expected: Vec<u64> = of_l1
+                .iter()
+                .copied()
+                .filter(|position| *position > after)
+                .take(97)
+                .collect();
+            assert_eq!(
+                store
+                    .license_history(&license_id("L1"), Some(after), 97)
+                    .unwrap(),
+                expected,
+                "after {after}"
+            );
+        }
+    }
+}
+
+#[test]
 fn usage_by_day_and_by_monday_week() {
     // users_count at the end of each bucket, added and removed by source; weeks
     // start Monday 00:00 UTC.
