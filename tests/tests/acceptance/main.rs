@@ -4,6 +4,7 @@
 mod runner;
 mod scenarios;
 mod server_behaviour;
+mod tampering;
 
 use std::path::{Path, PathBuf};
 
