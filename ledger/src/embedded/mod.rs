@@ -110,9 +110,13 @@ impl EmbeddedLog {
     /// returning. Blocking; call it at start-up.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedLog> {
         let dir = dir.as_ref();
-        let storage = Arc::new(FsStorage::open(dir.join("segments"))?);
-        let index = IndexStore::open_sled(dir.join("index"))?;
-        EmbeddedLog::open_with(storage, index, options)
+        let during = || format!("opening the event log in {}", dir.display());
+        let storage = Arc::new(
+            FsStorage::open(dir.join("segments"))
+                .map_err(|e| LedgerError::from(e).at_open(during()))?,
+        );
+        let index = IndexStore::open_sled(dir.join("index")).map_err(|e| e.at_open(during()))?;
+        EmbeddedLog::open_with(storage, index, options).map_err(|e| e.at_open(during()))
     }
 
     /// Opens the log on any storage and index, for example the simulated disk.

@@ -142,14 +142,14 @@ async fn an_io_failure_poisons_the_log() {
         .append("a", ExpectedRevision::Any, vec![ev(1)], Uuid::from_u128(2))
         .await
         .unwrap_err();
-    assert!(matches!(err, LedgerError::Io(_)), "{err:?}");
+    assert!(matches!(err, LedgerError::Disk(_)), "{err:?}");
     // Later appends fail too, without touching the disk: a failed fsync leaves nothing
     // that can be trusted.
     let err = log
         .append("b", ExpectedRevision::Any, vec![ev(2)], Uuid::from_u128(3))
         .await
         .unwrap_err();
-    assert!(matches!(err, LedgerError::Io(_)), "{err:?}");
+    assert!(matches!(err, LedgerError::Disk(_)), "{err:?}");
     assert_eq!(log.committed_position(), 1);
     log.close().await.unwrap();
 }
