@@ -20,7 +20,7 @@ use crate::types::{EVENT_BYTES_MAX, NewEvent, RecordedEvent};
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// Prefixed to the canonical bytes so that no other SHA-256 input can collide with ours.
-const HASH_DOMAIN_TAG: &[u8] = b"ledger.envelope.v1";
+pub(crate) const HASH_DOMAIN_TAG: &[u8] = b"ledger.envelope.v1";
 
 /// Bytes of the record header: body length and checksum.
 pub(crate) const RECORD_HEADER_BYTES: usize = 8;
@@ -193,6 +193,14 @@ pub(crate) enum DecodeError {
     Truncated,
     /// The bytes are there but do not form a valid record.
     Bad(String),
+}
+
+/// The shortest and the longest body a record may have.
+pub(crate) fn body_len_limits() -> (usize, usize) {
+    (
+        1 + 8 + CANONICAL_FIXED_BYTES,
+        EVENT_BYTES_MAX - RECORD_HEADER_BYTES,
+    )
 }
 
 /// The body length a header announces, if it is plausible.

@@ -12,6 +12,7 @@ mod envelope;
 mod kurrent;
 pub mod storage;
 mod types;
+pub mod walk;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions, IndexStore, open_sled};
 pub use envelope::{GENESIS_HASH, decode_record_body, envelope_hash};

@@ -168,6 +168,12 @@ struct SimState {
     dead: bool,
     writes: u64,
     syncs: u64,
+    /// Appends and syncs asked for, whether they succeeded or not.
+    attempts: u64,
+    /// Every append fails with this errno after writing this many of its bytes.
+    append_fault: Option<(i32, usize)>,
+    /// Every sync fails with this errno and makes nothing durable.
+    sync_fault: Option<i32>,
 }
 
 /// A simulated disk in the spirit of TigerBeetle's simulator. Writes go to a volatile
@@ -239,6 +245,25 @@ impl SimDisk {
         }
     }
 
+    /// How many appends and syncs were asked for, including the failed ones.
+    pub fn attempts(&self) -> u64 {
+        self.state.lock().expect("lock").attempts
+    }
+
+    /// From now on every append fails with the OS error `errno` after writing at most
+    /// `written_bytes` of its data, as a full disk does (a short write, then ENOSPC), or a
+    /// read-only one (EROFS, nothing written). `None` lets appends through again.
+    pub fn fail_appends(&self, fault: Option<(i32, usize)>) {
+        self.state.lock().expect("lock").append_fault = fault;
+    }
+
+    /// From now on every sync fails with the OS error `errno` and makes nothing durable, as
+    /// a failed fdatasync does (EIO, or ENOSPC on some file systems). `None` lets syncs
+    /// through again.
+    pub fn fail_syncs(&self, errno: Option<i32>) {
+        self.state.lock().expect("lock").sync_fault = errno;
+    }
+
     /// Flips one bit at `offset` of segment `id` in place, as bit rot would.
     pub fn corrupt(&self, id: u64, offset: usize) {
         let mut s = self.state.lock().expect("lock");
@@ -307,19 +332,29 @@ impl Storage for SimDisk {
 
     fn append(&self, id: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.state.lock().expect("lock");
+        s.attempts += 1;
         SimDisk::tick(&mut s)?;
-        s.writes += 1;
+        let fault = s.append_fault;
         let f = s
             .files
             .get_mut(&id)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if let Some((errno, written)) = fault {
+            f.data.extend_from_slice(&data[..written.min(data.len())]);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         f.data.extend_from_slice(data);
+        s.writes += 1;
         Ok(())
     }
 
     fn sync_segment(&self, id: u64) -> io::Result<()> {
         let mut s = self.state.lock().expect("lock");
+        s.attempts += 1;
         SimDisk::tick(&mut s)?;
+        if let Some(errno) = s.sync_fault {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         s.syncs += 1;
         let f = s
             .files

@@ -189,6 +189,106 @@ pub enum LedgerError {
     Closed,
     #[error("backend error: {0}")]
     Backend(String),
+    /// The disk refused a write, an `fdatasync` or an index update, or the log's directory
+    /// cannot be opened for writing. The log takes no appends after this until it is
+    /// reopened: after a failed `fdatasync` the page cache cannot be trusted.
+    #[error("{0}")]
+    Disk(DiskFailure),
+}
+
+/// What is wrong with the disk under the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiskProblem {
+    /// No space left (ENOSPC), or the user's quota is used up (EDQUOT).
+    Full,
+    /// The file system is mounted read-only (EROFS), or was remounted so after errors.
+    ReadOnly,
+    /// Any other I/O error (EIO, ...).
+    Failed,
+}
+
+/// A disk operation of the log that failed, in terms an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFailure {
+    pub problem: DiskProblem,
+    /// What the log was doing: "fdatasync of segment 3", "opening the log in /data/log".
+    pub during: String,
+    /// The operating system's error text.
+    pub cause: String,
+    /// Whether the log was already open: then appends are refused until a restart. An
+    /// open that fails instead refuses to start.
+    pub at_open: bool,
+}
+
+impl DiskFailure {
+    /// Classifies an I/O error by its kind.
+    pub fn from_io(during: impl Into<String>, error: &std::io::Error, at_open: bool) -> Self {
+        DiskFailure {
+            problem: disk_problem(error),
+            during: during.into(),
+            cause: error.to_string(),
+            at_open,
+        }
+    }
+}
+
+/// The problem an I/O error reports, by its kind (and errno, for kinds std does not name).
+pub fn disk_problem(error: &std::io::Error) -> DiskProblem {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => DiskProblem::Full,
+        ErrorKind::ReadOnlyFilesystem => DiskProblem::ReadOnly,
+        _ => DiskProblem::Failed,
+    }
+}
+
+impl fmt::Display for DiskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DiskFailure {
+            during,
+            cause,
+            at_open,
+            ..
+        } = self;
+        match (self.problem, at_open) {
+            (DiskProblem::Full, false) => write!(
+                f,
+                "the disk is full: {during} failed ({cause}). The event log takes no more \
+                 appends; free space on the disk that holds the data directory, then restart \
+                 the server. Everything acknowledged before is kept"
+            ),
+            (DiskProblem::Full, true) => write!(
+                f,
+                "the disk is full: {during} failed ({cause}). The ledger refuses to start; free \
+                 space on the disk that holds the data directory, then start it again"
+            ),
+            (DiskProblem::ReadOnly, false) => write!(
+                f,
+                "the file system is read-only: {during} failed ({cause}). The event log takes no \
+                 more appends; make the file system writable (check the kernel log: Linux \
+                 remounts a file system read-only after disk errors), then restart the server. \
+                 Everything acknowledged before is kept"
+            ),
+            (DiskProblem::ReadOnly, true) => write!(
+                f,
+                "the file system is read-only: {during} failed ({cause}). The ledger must write \
+                 at start (recovery, the index) and refuses to start; remount the data \
+                 directory's file system read-write, or point the server at a writable copy"
+            ),
+            (DiskProblem::Failed, false) => write!(
+                f,
+                "the disk failed: {during} failed ({cause}). The event log takes no more \
+                 appends, because after a failed write or fdatasync the page cache cannot be \
+                 trusted; check the disk (the kernel log says more), then restart the server. \
+                 Everything acknowledged before is kept"
+            ),
+            (DiskProblem::Failed, true) => write!(
+                f,
+                "the disk failed: {during} failed ({cause}). The ledger refuses to start; check \
+                 the disk (the kernel log says more)"
+            ),
+        }
+    }
 }
 
 impl From<std::io::Error> for LedgerError {
@@ -199,7 +299,34 @@ impl From<std::io::Error> for LedgerError {
 
 impl From<sled::Error> for LedgerError {
     fn from(e: sled::Error) -> Self {
-        LedgerError::Index(e.to_string())
+        match e {
+            // A full or read-only disk under the index is the disk's problem, not the
+            // index's: keep the kind so that it is reported as such.
+            sled::Error::Io(io) if disk_problem(&io) != DiskProblem::Failed => {
+                LedgerError::Io(Arc::new(io))
+            }
+            e => LedgerError::Index(e.to_string()),
+        }
+    }
+}
+
+impl LedgerError {
+    /// A failure of the disk while the log runs: it refuses appends until restarted.
+    pub(crate) fn disk(during: impl Into<String>, error: &std::io::Error) -> LedgerError {
+        LedgerError::Disk(DiskFailure::from_io(during, error, false))
+    }
+
+    /// The same error, as the reason an open refuses to start: I/O errors become typed
+    /// disk failures, everything else stays as it is.
+    pub(crate) fn at_open(self, during: impl Into<String>) -> LedgerError {
+        match self {
+            LedgerError::Io(io) => LedgerError::Disk(DiskFailure::from_io(during, &io, true)),
+            LedgerError::Disk(failure) => LedgerError::Disk(DiskFailure {
+                at_open: true,
+                ..failure
+            }),
+            other => other,
+        }
     }
 }
 

@@ -201,14 +201,17 @@ async fn damage_before_the_tail_stops_the_start() {
     bytes[mid] ^= 0x01;
     std::fs::write(&segs[0], &bytes).unwrap();
 
-    // With the index intact the log opens, and `verify` names the damage.
-    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
-    let report = log.verify().await.unwrap();
-    let b = report
-        .first_break
-        .expect("verify must find the flipped byte");
-    assert!(b.reason.contains("segment 0"), "{b:?}");
-    shut(log).await;
+    // With the index intact the start refuses too: the whole chain is checked at every
+    // open, not only the part after the index's checkpoint (AUD-3).
+    let err = EmbeddedLog::open(dir.path(), small_segments())
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, LedgerError::Corrupt(_)), "{msg}");
+    assert!(
+        msg.contains("segment 0") && msg.contains("refuses to start"),
+        "{msg}"
+    );
 
     // Without the index, recovery reads the damaged record and refuses to start.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();

@@ -15,7 +15,6 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,6 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use index::Location;
 pub use index::{IndexStore, open_sled};
 use reader::{SegmentReader, read_record_at};
 use writer::AppendRequest;
@@ -33,6 +31,7 @@ use writer::AppendRequest;
 use crate::envelope::{GENESIS_HASH, envelope_hash, request_digest};
 use crate::storage::{FsStorage, Storage};
 use crate::types::*;
+use crate::walk;
 
 /// Tunables of the embedded log. The defaults suit production.
 #[derive(Clone, Debug)]
@@ -111,9 +110,13 @@ impl EmbeddedLog {
     /// returning. Blocking; call it at start-up.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedLog> {
         let dir = dir.as_ref();
-        let storage = Arc::new(FsStorage::open(dir.join("segments"))?);
-        let index = IndexStore::open_sled(dir.join("index"))?;
-        EmbeddedLog::open_with(storage, index, options)
+        let during = || format!("opening the event log in {}", dir.display());
+        let storage = Arc::new(
+            FsStorage::open(dir.join("segments"))
+                .map_err(|e| LedgerError::from(e).at_open(during()))?,
+        );
+        let index = IndexStore::open_sled(dir.join("index")).map_err(|e| e.at_open(during()))?;
+        EmbeddedLog::open_with(storage, index, options).map_err(|e| e.at_open(during()))
     }
 
     /// Opens the log on any storage and index, for example the simulated disk.
@@ -250,66 +253,43 @@ fn read_stream_blocking(
 
 fn verify_blocking(shared: &Shared) -> Result<VerifyReport> {
     let committed = shared.committed.load(Ordering::Acquire);
-    let first_segment = shared
+    let last_segment = shared.last_segment.load(Ordering::Acquire);
+    let segments: Vec<u64> = shared
         .storage
         .list_segments()?
-        .first()
-        .copied()
-        .unwrap_or(0);
-    let last_segment = shared.last_segment.load(Ordering::Acquire);
-    let mut reader = SegmentReader::new(
-        shared.storage.as_ref(),
-        Location {
-            segment: first_segment,
-            offset: 0,
-        },
-        last_segment,
-    );
-    let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
-    let mut checked = 0u64;
-    let report = |checked, heads: &HashMap<_, _>, first_break| VerifyReport {
-        events_checked: checked,
-        streams_checked: heads.len() as u64,
-        first_break,
+        .into_iter()
+        .filter(|&id| id <= last_segment)
+        .collect();
+    let storage = shared.storage.as_ref();
+    let read = |segment: u64, offset: u64, buf: &mut [u8]| storage.read_at(segment, offset, buf);
+    let walked = walk::walk_segments(&segments, &read, committed, walk::available_threads())?;
+    let streams_checked = walked.streams_checked();
+    let first_break = match walked.first_break {
+        Some(b) => Some(chain_break(b)),
+        None if walked.events_checked < committed => Some(ChainBreak {
+            position: walked.events_checked,
+            stream: String::new(),
+            revision: 0,
+            event_id: None,
+            reason: "the log ends before the committed position".into(),
+        }),
+        None => None,
     };
-    while checked < committed {
-        let e = match reader.next_record() {
-            Ok(Some((e, _, _))) => e,
-            Ok(None) => {
-                let b = ChainBreak {
-                    position: checked,
-                    stream: String::new(),
-                    revision: 0,
-                    event_id: None,
-                    reason: "the log ends before the committed position".into(),
-                };
-                return Ok(report(checked, &heads, Some(b)));
-            }
-            Err(e) => {
-                let b = ChainBreak {
-                    position: checked,
-                    stream: String::new(),
-                    revision: 0,
-                    event_id: None,
-                    reason: LedgerError::from(e).to_string(),
-                };
-                return Ok(report(checked, &heads, Some(b)));
-            }
-        };
-        if let Some(reason) = chain_fault(&e, checked, heads.get(&e.stream).copied()) {
-            let b = ChainBreak {
-                position: e.position,
-                stream: e.stream.clone(),
-                revision: e.revision,
-                event_id: Some(e.event_id),
-                reason,
-            };
-            return Ok(report(checked, &heads, Some(b)));
-        }
-        heads.insert(e.stream.clone(), (e.revision, e.hash));
-        checked += 1;
+    Ok(VerifyReport {
+        events_checked: walked.events_checked,
+        streams_checked,
+        first_break,
+    })
+}
+
+fn chain_break(b: walk::WalkBreak) -> ChainBreak {
+    ChainBreak {
+        position: b.position,
+        stream: b.stream.unwrap_or_default(),
+        revision: b.revision.unwrap_or(0),
+        event_id: b.event_id,
+        reason: format!("{} (segment {} at byte {})", b.fault, b.segment, b.offset),
     }
-    Ok(report(checked, &heads, None))
 }
 
 /// Why `e` does not follow `head` in its stream at `position`, if it does not.

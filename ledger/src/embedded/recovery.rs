@@ -9,6 +9,7 @@ use super::reader::{ScanError, SegmentReader};
 use crate::envelope::{FLAG_LAST_OF_APPEND, stored_digest};
 use crate::storage::Storage;
 use crate::types::*;
+use crate::walk;
 
 /// Complete appends the catch-up applies to the index per batch.
 const CATCH_UP_BATCH_EVENTS: u64 = 16 * 1024;
@@ -50,11 +51,16 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
         || cp.location.segment < first
         || cp.location.offset > storage.segment_len(cp.location.segment)?;
     if beyond {
+        // Name the first broken event if the chain shows one: a deletion in the middle of
+        // the log also makes it shorter than the index says.
+        first_break(storage, &segments)?;
         return Err(LedgerError::Corrupt(format!(
-            "the index reaches segment {} offset {}, beyond the end of the log; the log lost \
-             synced data, or the index belongs to another log (deleting the index directory \
+            "the index records {} committed events, reaching segment {} offset {}, beyond the \
+             end of the log: events at the end were deleted, the disk lost synced data, or the \
+             index belongs to another log; the ledger refuses to start (restore the data \
+             directory from a backup; if only the index is wrong, deleting the index directory \
              rebuilds it from the log)",
-            cp.location.segment, cp.location.offset
+            cp.next_position, cp.location.segment, cp.location.offset
         )));
     }
 
@@ -105,8 +111,14 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
         };
         if let Some(reason) = chain_fault(&e, position, head) {
             return Err(LedgerError::Corrupt(format!(
-                "record in segment {} at offset {} ({:?}@{}): {reason}",
-                location.segment, location.offset, e.stream, e.revision
+                "event number {} of the log (ledger position {position}, stream {:?}, revision \
+                 {}) in segment {} at byte {}: {reason}; stored events were edited, deleted or \
+                 reordered, so the ledger refuses to start",
+                position + 1,
+                e.stream,
+                e.revision,
+                location.segment,
+                location.offset
             )));
         }
         pending.push((e, location));
@@ -184,10 +196,82 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
         };
         index.apply(batch.finish(cp))?;
     }
+    let heads = index.all_heads()?;
+    check_whole_chain(storage, &segments, next_position, &heads)?;
     Ok(Recovered {
         segment: last,
         segment_len: storage.segment_len(last)?,
         next_position,
-        heads: index.all_heads()?,
+        heads,
     })
+}
+
+/// Walks the whole log and fails, naming the event, at its first break.
+fn first_break(storage: &dyn Storage, segments: &[u64]) -> Result<walk::WalkOutcome> {
+    let read = |segment: u64, offset: u64, buf: &mut [u8]| storage.read_at(segment, offset, buf);
+    let walked = walk::walk_segments(segments, &read, u64::MAX, walk::available_threads())?;
+    if let Some(b) = &walked.first_break {
+        return Err(LedgerError::Corrupt(format!(
+            "the hash chain check at start found {b}; stored events were edited, deleted or \
+             reordered, or the disk damaged them, so the ledger refuses to start. Restore the \
+             data directory from a backup; `replay-tool verify` names the same event"
+        )));
+    }
+    Ok(walked)
+}
+
+/// AUD-3 at every start: walks the whole log, not only the part after the index's
+/// checkpoint, so that an event edited (with its CRC fixed), deleted or reordered anywhere
+/// stops the start. The walk checks every record's CRC, position, revision, predecessor hash
+/// and own hash (see `crate::walk`). Its stream heads must then be the index's: that catches
+/// the one edit the chain alone cannot, a stream's last event edited and re-hashed.
+fn check_whole_chain(
+    storage: &dyn Storage,
+    segments: &[u64],
+    next_position: u64,
+    index_heads: &[(String, Head)],
+) -> Result<()> {
+    let walked = first_break(storage, segments)?;
+    if walked.events_checked != next_position {
+        return Err(LedgerError::Corrupt(format!(
+            "the hash chain check at start walked {} events but recovery found {next_position}; \
+             the ledger refuses to start",
+            walked.events_checked
+        )));
+    }
+    let mut differing: Option<String> = None;
+    for (stream, head) in index_heads {
+        let walked_head = walked.heads.get(stream.as_bytes());
+        if walked_head.map(|h| (h.revision, h.hash)) != Some((head.revision, head.hash)) {
+            differing = Some(match walked_head {
+                Some(h) if h.revision == head.revision => format!(
+                    "the last event of stream {stream:?} (revision {}) is not the one the index \
+                     recorded: it was edited and re-hashed, or replaced",
+                    h.revision
+                ),
+                Some(h) => format!(
+                    "stream {stream:?} ends at revision {} in the log, the index recorded \
+                     revision {}",
+                    h.revision, head.revision
+                ),
+                None => format!("stream {stream:?} is in the index but not in the log"),
+            });
+            break;
+        }
+    }
+    if differing.is_none() && walked.heads.len() != index_heads.len() {
+        differing = Some(format!(
+            "the log has {} streams, the index {}",
+            walked.heads.len(),
+            index_heads.len()
+        ));
+    }
+    if let Some(what) = differing {
+        return Err(LedgerError::Corrupt(format!(
+            "the hash chain check at start found that {what}; the ledger refuses to start. \
+             Restore the data directory from a backup (if only the index is wrong, deleting \
+             the index directory rebuilds it from the log)"
+        )));
+    }
+    Ok(())
 }

@@ -59,21 +59,29 @@ async fn verify_names_an_event_whose_contents_were_changed() {
     let disk = Arc::new(SimDisk::new());
     let index = IndexStore::memory();
     five_events(&disk, &index).await;
-    tamper(&disk, &index, 1, |e| e.payload[0] ^= 1);
 
+    // Changed under a running log, the event is named by `verify` (AUD-3).
     let log =
         EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default()).unwrap();
+    tamper(&disk, &index, 1, |e| e.payload[0] ^= 1);
     let b = log.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.position, b.stream.as_str(), b.revision), (1, "a", 1));
     assert!(b.reason.contains("own hash"), "{b:?}");
     log.close().await.unwrap();
 
-    // Rebuilding the index reads the record again and refuses to start.
-    index.clear().unwrap();
-    let err = EmbeddedLog::open_with(disk.clone(), index, EmbeddedOptions::default())
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("own hash"), "{err}");
+    // The next start walks the whole chain and refuses, with the index and without it.
+    for clear_index in [false, true] {
+        if clear_index {
+            index.clear().unwrap();
+        }
+        let err = EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default())
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("own hash"), "{msg}");
+        assert!(msg.contains("ledger position 1,"), "{msg}");
+        assert!(msg.contains("refuses to start"), "{msg}");
+    }
 }
 
 #[tokio::test]
@@ -81,17 +89,40 @@ async fn verify_names_the_successor_of_a_rehashed_event() {
     let disk = Arc::new(SimDisk::new());
     let index = IndexStore::memory();
     five_events(&disk, &index).await;
+    let log =
+        EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default()).unwrap();
     // A tamperer who also recomputes the own hash breaks the link to the next event.
     tamper(&disk, &index, 1, |e| {
         e.payload[0] ^= 1;
         e.hash = crate::envelope::envelope_hash(e);
     });
-    let log =
-        EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default()).unwrap();
     let b = log.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.position, b.stream.as_str(), b.revision), (2, "a", 2));
     assert!(b.reason.contains("predecessor"), "{b:?}");
     log.close().await.unwrap();
+    let err = EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("ledger position 2,"), "{err}");
+}
+
+/// AUD-3: a stream's last event edited and re-hashed leaves every chain intact; the start
+/// still refuses, because the stream's head no longer is the one the index recorded.
+#[tokio::test]
+async fn a_rehashed_last_event_of_a_stream_stops_the_start() {
+    let disk = Arc::new(SimDisk::new());
+    let index = IndexStore::memory();
+    five_events(&disk, &index).await;
+    tamper(&disk, &index, 2, |e| {
+        e.payload[0] ^= 1;
+        e.hash = crate::envelope::envelope_hash(e);
+    });
+    let err = EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default())
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("last event of stream \"a\""), "{msg}");
+    assert!(msg.contains("refuses to start"), "{msg}");
 }
 
 #[tokio::test]
@@ -111,14 +142,14 @@ async fn an_io_failure_poisons_the_log() {
         .append("a", ExpectedRevision::Any, vec![ev(1)], Uuid::from_u128(2))
         .await
         .unwrap_err();
-    assert!(matches!(err, LedgerError::Io(_)), "{err:?}");
+    assert!(matches!(err, LedgerError::Disk(_)), "{err:?}");
     // Later appends fail too, without touching the disk: a failed fsync leaves nothing
     // that can be trusted.
     let err = log
         .append("b", ExpectedRevision::Any, vec![ev(2)], Uuid::from_u128(3))
         .await
         .unwrap_err();
-    assert!(matches!(err, LedgerError::Io(_)), "{err:?}");
+    assert!(matches!(err, LedgerError::Disk(_)), "{err:?}");
     assert_eq!(log.committed_position(), 1);
     log.close().await.unwrap();
 }

@@ -233,7 +233,10 @@ impl Writer {
                 buf.clear();
             }
             self.segment += 1;
-            self.shared.storage.create_segment(self.segment)?;
+            self.shared
+                .storage
+                .create_segment(self.segment)
+                .map_err(|e| LedgerError::disk(format!("creating segment {}", self.segment), &e))?;
             self.segment_len = 0;
             self.shared
                 .last_segment
@@ -295,8 +298,19 @@ impl Writer {
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<()> {
         let storage = &self.shared.storage;
-        storage.append(self.segment, buf)?;
-        storage.sync_segment(self.segment)?;
+        // Either failure poisons the writer (see `commit_group`): a short write leaves a
+        // torn tail that the next open cuts, and after a failed fdatasync the kernel may
+        // have dropped the dirty pages while reporting later syncs as successful
+        // ("fsyncgate"), so no later append could be acknowledged truthfully.
+        storage.append(self.segment, buf).map_err(|e| {
+            LedgerError::disk(
+                format!("writing {} bytes to segment {}", buf.len(), self.segment),
+                &e,
+            )
+        })?;
+        storage
+            .sync_segment(self.segment)
+            .map_err(|e| LedgerError::disk(format!("fdatasync of segment {}", self.segment), &e))?;
         self.segment_len += buf.len() as u64;
         Ok(())
     }
@@ -318,7 +332,10 @@ fn apply_group(shared: &Shared, group: SyncedGroup) {
     if let Some(kvs) = group.kvs {
         let applied = match shared.failure() {
             Some(e) => Err(e),
-            None => shared.index.apply(kvs),
+            None => shared.index.apply(kvs).map_err(|e| match e {
+                LedgerError::Io(io) => LedgerError::disk("updating the index", &io),
+                other => other,
+            }),
         };
         match applied {
             Ok(()) => {

@@ -5,6 +5,7 @@ mod crash_under_load;
 mod runner;
 mod scenarios;
 mod server_behaviour;
+mod tampering;
 
 use std::path::{Path, PathBuf};
 
