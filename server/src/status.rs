@@ -2,7 +2,7 @@
 //! person; none repeats a secret.
 
 use domain::{DomainError, ErrorKind};
-use ledger::LedgerError;
+use ledger::{DiskProblem, LedgerError};
 use tonic::Status;
 
 use crate::core::CoreError;
@@ -28,6 +28,10 @@ pub fn from_core(error: CoreError) -> Status {
         CoreError::Ledger(LedgerError::InvalidAppend(reason)) => {
             Status::resource_exhausted(format!("the command is too large for one append: {reason}"))
         }
+        CoreError::Ledger(LedgerError::Disk(failure)) => {
+            tracing::error!(%failure, "the event log's disk refused a write");
+            from_disk(failure.problem)
+        }
         CoreError::Ledger(error) => {
             tracing::error!(%error, "ledger failure");
             Status::unavailable("the event log is unavailable; nothing was applied, try again")
@@ -39,6 +43,34 @@ pub fn from_core(error: CoreError) -> Status {
             tracing::error!(%reason, "undecodable event");
             Status::internal("an event in the log cannot be read; an operator must look")
         }
+    }
+}
+
+/// A disk the event log cannot write to. The caller learns that the command was not
+/// acknowledged and that retrying will not help until an operator acts (the log takes no appends until the server
+/// is restarted); the operator finds the details (which file, which OS error) in the log.
+/// A full disk is RESOURCE_EXHAUSTED, the code gRPC names for "the entire file system is
+/// out of space"; a read-only or failing disk is UNAVAILABLE.
+pub fn from_disk(problem: DiskProblem) -> Status {
+    match problem {
+        DiskProblem::Full => Status::resource_exhausted(
+            "the disk is full: the event log could not store the command, which was not \
+             acknowledged. An operator must free space on the server's data disk and restart \
+             the server; commands are refused until then. Everything acknowledged before is \
+             kept; after the restart, retry with the same x-command-id and it is applied once",
+        ),
+        DiskProblem::ReadOnly => Status::unavailable(
+            "the server's data disk is read-only: the event log could not store the command, \
+             which was not acknowledged. An operator must make the disk writable and restart \
+             the server; commands are refused until then. Everything acknowledged before is \
+             kept; after the restart, retry with the same x-command-id and it is applied once",
+        ),
+        DiskProblem::Failed => Status::unavailable(
+            "the server's data disk failed a write: the event log could not store the command, \
+             which was not acknowledged. An operator must check the disk and restart the \
+             server; commands are refused until then. Everything acknowledged before is kept; \
+             after the restart, retry with the same x-command-id and it is applied once",
+        ),
     }
 }
 

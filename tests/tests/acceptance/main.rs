@@ -2,6 +2,7 @@
 //! in-process server, and the runner's own behaviour (it must be able to fail).
 
 mod crash_under_load;
+mod disk_trouble;
 mod runner;
 mod scenarios;
 mod server_behaviour;
