@@ -1,6 +1,7 @@
 //! The acceptance tests: every scenario of `tests/scenarios/` played end to end against the
 //! in-process server, and the runner's own behaviour (it must be able to fail).
 
+mod fuzz_corpus;
 mod runner;
 mod scenarios;
 mod server_behaviour;
