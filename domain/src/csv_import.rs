@@ -26,18 +26,18 @@ pub const CSV_ROW_LENGTH_MAX_BYTES: usize = 64 * 1024;
 pub const ROW_ERRORS_REPORTED_MAX: usize = 1_000;
 
 /// The byte-order mark that spreadsheet programs put in front of UTF-8 exports.
-const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xef\xbb\xbf";
+pub(crate) const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xef\xbb\xbf";
 
 /// The name the header cell of the email column must have, compared without regard to
 /// ASCII case and surrounding white space (CSV-1).
 const EMAIL_HEADER_NAME: &str = "email";
 
 /// The reason for a row whose Email cell is empty or missing (CSV-3).
-const EMPTY_EMAIL_REASON: &str = "empty email";
+pub(crate) const EMPTY_EMAIL_REASON: &str = "empty email";
 /// The reason for a row whose Email cell is not UTF-8 text.
-const INVALID_UTF8_REASON: &str = "not valid UTF-8";
+pub(crate) const INVALID_UTF8_REASON: &str = "not valid UTF-8";
 /// The reason for a row longer than `CSV_ROW_LENGTH_MAX_BYTES`.
-const ROW_TOO_LONG_REASON: &str = "row is longer than 64 KiB";
+pub(crate) const ROW_TOO_LONG_REASON: &str = "row is longer than 64 KiB";
 
 /// Why the whole file was refused. Each message tells a person what to fix.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -159,7 +159,7 @@ pub struct CsvImportParser {
     record: Record,
     /// The field being read. It is one byte longer than the row bound, so that a full
     /// buffer proves the row is too long.
-    field: Box<[u8]>,
+    pub(crate) field: Box<[u8]>,
     /// How much of `field` holds the field being read.
     field_length: usize,
 }
@@ -185,7 +185,7 @@ impl CsvImportParser {
         Self::with_row_length_max(CSV_ROW_LENGTH_MAX_BYTES)
     }
 
-    fn with_row_length_max(row_length_max: usize) -> Self {
+    pub(crate) fn with_row_length_max(row_length_max: usize) -> Self {
         let mut reader = Reader::new();
         // `csv_core` strips a byte-order mark only when the first input it sees holds all
         // three bytes of it, which depends on where the file was split. This parser strips
@@ -454,7 +454,7 @@ impl CsvImportParser {
 
 /// Whether a header cell names the email column (CSV-1). A byte-order mark inside the cell
 /// is ignored too: it is invisible, and some tools write it twice.
-fn is_email_header(name: &str) -> bool {
+pub(crate) fn is_email_header(name: &str) -> bool {
     name.trim_matches(|character: char| character.is_whitespace() || character == '\u{feff}')
         .eq_ignore_ascii_case(EMAIL_HEADER_NAME)
 }

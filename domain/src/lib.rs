@@ -11,6 +11,10 @@ pub mod email_domain;
 pub mod email_list;
 pub mod error;
 pub mod events;
+/// The checks of the fuzz targets in `fuzz/`, shared with the stable tests that replay the
+/// committed corpus; not part of the domain's API.
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod license;
 pub mod query;
 pub mod throttle;

@@ -8,6 +8,10 @@
 
 mod embedded;
 mod envelope;
+/// The checks of the fuzz target `envelope` in `fuzz/`, shared with the stable tests that
+/// replay the committed corpus; not part of the ledger's API.
+#[doc(hidden)]
+pub mod fuzz_checks;
 #[cfg(feature = "kurrentdb")]
 mod kurrent;
 pub mod storage;

@@ -4,13 +4,10 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use domain::csv_import::{CsvImportParser, CsvRow, RowErrors};
-use domain::email_list::parse_email_list;
-use domain::events::OuEntry;
 use domain::{
-    Actor, AdminChannel, DomainCommand, DomainName, Email, FeatureName, LicenseCommand, LicenseId,
-    LicenseType, Lms, OuPath, Outcome, Role, ScannedAccount, Secret, Status as MemberStatus,
+    Actor, AdminChannel, DomainName, Email, LicenseCommand, LicenseId, Outcome, Secret,
+    Status as MemberStatus,
 };
 use prost::Message;
 use proto::license_commands_server::LicenseCommands;
@@ -23,6 +20,7 @@ use uuid::Uuid;
 use crate::auth::{Tokens, random_token};
 use crate::core::{Core, CoreError, SecretKind};
 use crate::idempotency::Outcomes;
+use crate::requests::{self, parse_license};
 use crate::status::{from_core, from_domain, invalid};
 
 /// The longest command id a client may send.
@@ -47,38 +45,6 @@ struct Call {
 
 fn header<'a>(metadata: &'a tonic::metadata::MetadataMap, name: &str) -> Option<&'a str> {
     metadata.get(name).and_then(|value| value.to_str().ok())
-}
-
-fn parse_time(raw: &str, name: &str) -> Result<DateTime<Utc>, Status> {
-    DateTime::parse_from_rfc3339(raw.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            invalid(format!(
-                "{name} must be an RFC 3339 time such as 2026-08-01T00:00:00Z"
-            ))
-        })
-}
-
-fn parse_email(raw: &str, name: &str) -> Result<Email, Status> {
-    Email::parse(raw).map_err(|reason| invalid(format!("{name}: {reason}")))
-}
-
-fn parse_domain(raw: &str) -> Result<DomainName, Status> {
-    DomainName::parse(raw).map_err(|reason| invalid(format!("domain: {reason}")))
-}
-
-fn parse_license(raw: &str) -> Result<LicenseId, Status> {
-    LicenseId::parse(raw).map_err(|e| from_domain(&e))
-}
-
-fn parse_seats(seats: i64) -> Result<u32, Status> {
-    u32::try_from(seats).map_err(|_| {
-        invalid(format!(
-            "seats must be between {} and {}, not {seats}",
-            domain::SEATS_MIN,
-            domain::SEATS_MAX
-        ))
-    })
 }
 
 fn fresh_secret() -> Secret {
@@ -262,22 +228,7 @@ impl LicenseCommands for CommandService {
         request: Request<IssueLicenseRequest>,
     ) -> Result<Response<CommandReply>, Status> {
         self.on_license(request, "IssueLicense", |r| {
-            let license = parse_license(&r.license)?;
-            let command = LicenseCommand::Issue {
-                license: license.clone(),
-                license_type: LicenseType::parse(&r.r#type).map_err(|e| from_domain(&e))?,
-                seats: parse_seats(r.seats)?,
-                valid_from: parse_time(&r.valid_from, "valid_from")?,
-                valid_until: parse_time(&r.valid_until, "valid_until")?,
-                admins: r
-                    .admins
-                    .iter()
-                    .map(|a| parse_email(a, "admins"))
-                    .collect::<Result<Vec<_>, _>>()?,
-                key: fresh_secret(),
-                link: fresh_secret(),
-            };
-            Ok((license, command))
+            requests::issue_license(r, fresh_secret(), fresh_secret())
         })
         .await
     }
@@ -286,51 +237,35 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<RenewLicenseRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "RenewLicense", |r| {
-            let command = LicenseCommand::Renew {
-                valid_until: parse_time(&r.valid_until, "valid_until")?,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
-        .await
+        self.on_license(request, "RenewLicense", requests::renew_license)
+            .await
     }
 
     async fn change_seats(
         &self,
         request: Request<ChangeSeatsRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "ChangeSeats", |r| {
-            let command = LicenseCommand::ChangeSeats {
-                seats: parse_seats(r.seats)?,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
-        .await
+        self.on_license(request, "ChangeSeats", requests::change_seats)
+            .await
     }
 
     async fn grant_license_admin(
         &self,
         request: Request<LicenseAdminRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "GrantLicenseAdmin", |r| {
-            let command = LicenseCommand::GrantAdmin {
-                email: parse_email(&r.email, "email")?,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
-        .await
+        self.on_license(request, "GrantLicenseAdmin", requests::grant_license_admin)
+            .await
     }
 
     async fn revoke_license_admin(
         &self,
         request: Request<LicenseAdminRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "RevokeLicenseAdmin", |r| {
-            let command = LicenseCommand::RevokeAdmin {
-                email: parse_email(&r.email, "email")?,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
+        self.on_license(
+            request,
+            "RevokeLicenseAdmin",
+            requests::revoke_license_admin,
+        )
         .await
     }
 
@@ -354,22 +289,8 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<AddUsersReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let entries = parse_email_list(&r.emails).map_err(|e| from_domain(&e))?;
-        let license = parse_license(&r.license)?;
+        let (license, emails, invalid_entries) = requests::add_users_by_email(request.get_ref())?;
         let run = async {
-            let mut emails = Vec::with_capacity(entries.len());
-            let mut invalid_entries = Vec::new();
-            for entry in entries {
-                match entry.email {
-                    Ok(email) => emails.push(email),
-                    Err(reason) => invalid_entries.push(InvalidEntry {
-                        position: entry.position,
-                        value: entry.value,
-                        reason,
-                    }),
-                }
-            }
             let command = LicenseCommand::AddUsers {
                 emails,
                 channel: AdminChannel::EmailList,
@@ -406,11 +327,7 @@ impl LicenseCommands for CommandService {
                 ));
             }
         };
-        let remove = match start.mode.as_str() {
-            "add" => false,
-            "remove" => true,
-            _ => return Err(invalid("mode must be 'add' or 'remove'")),
-        };
+        let remove = requests::import_csv_removes(&start)?;
         // The whole file feeds the fingerprint, so a retried import is recognised and a
         // different file under the same id is refused.
         let mut hasher = Sha256::new();
@@ -499,16 +416,9 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<RemoveUsersReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let license = parse_license(&r.license)?;
+        // An entry that is not an email cannot be a member: it is not found.
+        let (license, emails, not_emails) = requests::remove_users(request.get_ref())?;
         let run = async {
-            // An entry that is not an email cannot be a member: it is not found.
-            let mut not_emails = 0u64;
-            let emails: Vec<Email> = r
-                .emails
-                .iter()
-                .filter_map(|raw| Email::parse(raw).map_err(|_| not_emails += 1).ok())
-                .collect();
             let (outcome, position) = self
                 .license(
                     &call,
@@ -591,20 +501,11 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<SetFeaturePermissionRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "SetFeaturePermission", |r| {
-            let feature = FeatureName::parse(&r.feature).map_err(|e| from_domain(&e))?;
-            let role = if r.role.trim().is_empty() {
-                None
-            } else {
-                Some(Role::parse(&r.role).map_err(|e| from_domain(&e))?)
-            };
-            let command = LicenseCommand::SetFeature {
-                feature,
-                enabled: r.enabled,
-                role,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
+        self.on_license(
+            request,
+            "SetFeaturePermission",
+            requests::set_feature_permission,
+        )
         .await
     }
 
@@ -612,30 +513,15 @@ impl LicenseCommands for CommandService {
         &self,
         request: Request<SetAutoEnrollmentRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "SetAutoEnrollment", |r| {
-            let command = LicenseCommand::SetAutoEnrollment { enabled: r.enabled };
-            Ok((parse_license(&r.license)?, command))
-        })
-        .await
+        self.on_license(request, "SetAutoEnrollment", requests::set_auto_enrollment)
+            .await
     }
 
     async fn link_ou(
         &self,
         request: Request<LinkOuRequest>,
     ) -> Result<Response<CommandReply>, Status> {
-        self.on_license(request, "LinkOu", |r| {
-            let ou_paths = r
-                .ou_paths
-                .iter()
-                .map(|p| OuPath::parse(p).map_err(|e| from_domain(&e)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let command = LicenseCommand::LinkOu {
-                ou_paths,
-                google_admin: r.google_admin,
-            };
-            Ok((parse_license(&r.license)?, command))
-        })
-        .await
+        self.on_license(request, "LinkOu", requests::link_ou).await
     }
 
     async fn unlink_ou(
@@ -664,19 +550,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<OuSyncReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let mut entries = Vec::with_capacity(r.members.len());
-        for (index, member) in r.members.iter().enumerate() {
-            entries.push(OuEntry {
-                email: parse_email(&member.email, &format!("members[{index}].email"))?,
-                ou_path: OuPath::parse(&member.ou_path)
-                    .map_err(|e| invalid(format!("members[{index}].ou_path: {}", e.message())))?,
-                role: Role::parse(&member.role)
-                    .map_err(|e| invalid(format!("members[{index}].role: {}", e.message())))?,
-                suspended: member.suspended,
-            });
-        }
-        let license = parse_license(&r.license)?;
+        let (license, entries) = requests::sync_ou(request.get_ref())?;
         let run = async {
             let (outcome, position) = self
                 .license(&call, license.as_str(), LicenseCommand::SyncOu { entries })
@@ -709,8 +583,7 @@ impl LicenseCommands for CommandService {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
-        let domain = parse_domain(&r.domain)?;
-        let license = parse_license(&r.license)?;
+        let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
         let run = async {
             let position = self
                 .core
@@ -736,8 +609,7 @@ impl LicenseCommands for CommandService {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
-        let domain = parse_domain(&r.domain)?;
-        let license = parse_license(&r.license)?;
+        let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
         let run = async {
             let position = self
                 .core
@@ -762,9 +634,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<LicenseNameReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let email = parse_email(&r.email, "email")?;
-        let role = Role::parse(&r.role).map_err(|e| from_domain(&e))?;
+        let (email, role) = requests::user_signed_up(request.get_ref())?;
         require_integration(&call.actor)?;
         let run = async {
             let Some(license) = self.core.claim_of(&DomainName::of(&email)) else {
@@ -794,16 +664,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<AutomaticReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let domain = parse_domain(&r.domain)?;
-        let mut accounts = Vec::with_capacity(r.accounts.len());
-        for (index, account) in r.accounts.iter().enumerate() {
-            accounts.push(ScannedAccount {
-                email: parse_email(&account.email, &format!("accounts[{index}].email"))?,
-                role: Role::parse(&account.role)
-                    .map_err(|e| invalid(format!("accounts[{index}].role: {}", e.message())))?,
-            });
-        }
+        let (domain, accounts) = requests::scan_domain(request.get_ref())?;
         require_integration(&call.actor)?;
         let run = async {
             let Some(license) = self.core.claim_of(&domain) else {
@@ -828,9 +689,7 @@ impl LicenseCommands for CommandService {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
-        let teacher = parse_email(&r.teacher, "teacher")?;
-        let student = parse_email(&r.student, "student")?;
-        let lms = Lms::parse(&r.lms).map_err(|e| from_domain(&e))?;
+        let (teacher, student, lms) = requests::assignment_opened(&r)?;
         require_integration(&call.actor)?;
         let run = async {
             if !r.kami_assignment {
@@ -864,12 +723,7 @@ impl LicenseCommands for CommandService {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
-        let students = r
-            .students
-            .iter()
-            .map(|s| parse_email(s, "students"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let license = parse_license(&r.license)?;
+        let (license, students) = requests::sync_classroom_roster(&r)?;
         let run = async {
             let command = LicenseCommand::SyncRoster {
                 course: r.course.clone(),
@@ -921,14 +775,7 @@ impl CommandService {
     ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let r = request.into_inner();
-        let domain = parse_domain(&r.domain)?;
-        let email = parse_email(&r.email, "email")?;
-        let command = if grant {
-            DomainCommand::GrantAdmin { email }
-        } else {
-            DomainCommand::RevokeAdmin { email }
-        };
+        let (domain, command) = requests::domain_admin(request.get_ref(), grant)?;
         let rpc = if grant {
             "GrantDomainAdmin"
         } else {

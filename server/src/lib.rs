@@ -7,11 +7,16 @@ pub mod clock;
 pub mod commands;
 pub mod core;
 pub mod feed;
+/// The checks of the fuzz targets `request` and `envelope` in `fuzz/`, shared with the stable
+/// tests that replay the committed corpus; not part of the server's API.
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod history;
 pub mod idempotency;
 pub mod metrics;
 pub mod projector;
 pub mod queries;
+pub mod requests;
 pub mod status;
 
 use std::future::Future;

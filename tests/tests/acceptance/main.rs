@@ -3,6 +3,7 @@
 
 mod crash_under_load;
 mod disk_trouble;
+mod fuzz_corpus;
 mod runner;
 mod scenarios;
 mod server_behaviour;
