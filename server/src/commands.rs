@@ -362,6 +362,15 @@ impl LicenseCommands for CommandService {
                 .push(&data, &mut rows)
                 .map_err(|e| from_domain(&e.into()))?;
             drain(&mut rows, &mut emails, &mut errors);
+            // The rows are held until the file ends (the seat check needs them all), so
+            // their number is bounded as they arrive: a file over the batch limit is
+            // refused at once instead of after its last byte (ERR-3).
+            if emails.len() > domain::license::ADMIN_BATCH_ENTRIES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "the CSV file has more than {} rows; split it into several imports",
+                    domain::license::ADMIN_BATCH_ENTRIES_MAX
+                )));
+            }
         }
         parser
             .finish(&mut rows)

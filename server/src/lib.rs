@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod clock;
 pub mod commands;
+pub mod connections;
 pub mod core;
 pub mod feed;
 /// The checks of the fuzz targets `request` and `envelope` in `fuzz/`, shared with the stable
@@ -48,6 +49,8 @@ pub struct Limits {
     pub concurrent_streams_max: u32,
     /// The longest a call may run before it is cancelled.
     pub request_timeout_ms: u64,
+    /// The most concurrent client connections; more are closed at once (see `connections`).
+    pub connections_max: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             read_your_writes_wait_ms: 5_000,
             concurrent_streams_max: 256,
             request_timeout_ms: 60_000,
+            connections_max: connections::CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -254,6 +258,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Config(e.to_string()))?;
     tracing::info!(address = ?listener.local_addr().ok(), "serving");
+    let (accepted, accept_task) = connections::accept_limited(listener, limits.connections_max);
     let served = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
         .layer(tower::util::MapResponseLayer::new(
@@ -268,10 +273,12 @@ pub async fn run(
         .add_service(queries)
         .add_service(feed)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::wrappers::ReceiverStream::new(accepted),
             shutdown,
         )
         .await;
+    accept_task.abort();
+    let _ = accept_task.await;
     // Every call has finished. Stop the projector and the metrics endpoint and wait for
     // them, so that nothing holds the stores when `run` returns (the same directory may be
     // opened again at once); then flush the caches. The log itself is already durable.

@@ -29,6 +29,10 @@ struct Flags {
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); off when not given.
     #[arg(long, env = "LEDGER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// The most concurrent client connections; further ones are closed at once (clients
+    /// see UNAVAILABLE). Keep it below the process's open-files limit (`ulimit -n`).
+    #[arg(long, env = "LEDGER_CONNECTIONS_MAX", default_value_t = server::connections::CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
     /// Log as JSON lines.
     #[arg(long, env = "LEDGER_JSON_LOGS")]
     json_logs: bool,
@@ -77,6 +81,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("--group-commit-appends-max must be at least 1".into());
     }
     config.embedded_options.group_appends_max = flags.group_commit_appends_max;
+    if flags.connections_max == 0 {
+        return Err("--connections-max must be at least 1".into());
+    }
+    config.limits.connections_max = flags.connections_max;
     if let Some(address) = &flags.metrics_listen {
         let listener = std::net::TcpListener::bind(address)?;
         config.metrics_listener = Some(Arc::new(std::sync::Mutex::new(Some(listener))));

@@ -1,11 +1,13 @@
 //! The acceptance tests: every scenario of `tests/scenarios/` played end to end against the
 //! in-process server, and the runner's own behaviour (it must be able to fail).
 
+mod abuse;
 mod crash_under_load;
 mod disk_trouble;
 mod fuzz_corpus;
 mod runner;
 mod scenarios;
+mod seat_races;
 mod server_behaviour;
 mod tampering;
 
