@@ -231,13 +231,16 @@ pub async fn rebuild(
         if batch.is_empty() {
             return Ok(());
         }
-        match (&rebuild, target) {
-            (Some(r), _) => r.apply_batch(batch),
-            (None, Some(t)) => t.apply_batch(batch),
-            (None, None) => unreachable!("a target exists"),
+        // A log page may hold more events than one projection batch takes.
+        for chunk in batch.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
+            match (&rebuild, target) {
+                (Some(r), _) => r.apply_batch(chunk),
+                (None, Some(t)) => t.apply_batch(chunk),
+                (None, None) => unreachable!("a target exists"),
+            }
+            .map_err(projection_failure)?;
         }
-        .map(|_| ())
-        .map_err(projection_failure)
+        Ok(())
     };
     let digest_now = || -> Result<Vec<Digest>> {
         match (&rebuild, target) {
