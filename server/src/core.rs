@@ -113,10 +113,98 @@ type Shared<A> = Arc<tokio::sync::Mutex<Entry<A>>>;
 struct Indexes {
     license_by_key: HashMap<[u8; 32], String>,
     license_by_link: HashMap<[u8; 32], String>,
-    licenses_of_member: HashMap<Email, BTreeSet<String>>,
+    licenses_of_member: MemberLicenses,
 
     domains_of_admin: HashMap<Email, BTreeSet<DomainName>>,
     claims: HashMap<DomainName, LicenseId>,
+}
+
+/// The licenses each member belongs to (in any status), for LMS-2's choice of a teacher's
+/// license. Every member of every license has an entry, so a license of a million members
+/// puts a million entries here: each is kept small. Licenses are numbered once, and a member
+/// of one license (by far the common case) costs one number instead of a set of license ids
+/// (a one-element `BTreeSet<String>` costs about 300 bytes, this costs none beyond the map's
+/// slot).
+#[derive(Default)]
+struct MemberLicenses {
+    numbers: HashMap<String, u32>,
+    ids: Vec<String>,
+    of_member: HashMap<Email, LicenseNumbers>,
+}
+
+/// The numbers of a member's licenses, without duplicates.
+enum LicenseNumbers {
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl LicenseNumbers {
+    fn to_vec(&self) -> Vec<u32> {
+        match self {
+            LicenseNumbers::One(number) => vec![*number],
+            LicenseNumbers::Many(numbers) => numbers.to_vec(),
+        }
+    }
+}
+
+impl MemberLicenses {
+    fn number(&mut self, id: &str) -> u32 {
+        if let Some(number) = self.numbers.get(id) {
+            return *number;
+        }
+        let number = u32::try_from(self.ids.len()).expect("fewer than 2^32 licenses");
+        self.ids.push(id.to_owned());
+        self.numbers.insert(id.to_owned(), number);
+        number
+    }
+
+    fn insert(&mut self, email: &Email, id: &str) {
+        let number = self.number(id);
+        match self.of_member.get_mut(email) {
+            None => {
+                self.of_member
+                    .insert(email.clone(), LicenseNumbers::One(number));
+            }
+            Some(entry) => {
+                let mut numbers = entry.to_vec();
+                if !numbers.contains(&number) {
+                    numbers.push(number);
+                    *entry = LicenseNumbers::Many(numbers.into_boxed_slice());
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, email: &Email, id: &str) {
+        let Some(&number) = self.numbers.get(id) else {
+            return;
+        };
+        let Some(entry) = self.of_member.get_mut(email) else {
+            return;
+        };
+        let kept: Vec<u32> = entry
+            .to_vec()
+            .into_iter()
+            .filter(|n| *n != number)
+            .collect();
+        match kept.as_slice() {
+            [] => {
+                self.of_member.remove(email);
+            }
+            [one] => *entry = LicenseNumbers::One(*one),
+            _ => *entry = LicenseNumbers::Many(kept.into_boxed_slice()),
+        }
+    }
+
+    /// The ids of the licenses `email` is a member of.
+    fn licenses(&self, email: &Email) -> Vec<String> {
+        let id = |number: &u32| self.ids[*number as usize].clone();
+        match self.of_member.get(email) {
+            None => Vec::new(),
+            Some(LicenseNumbers::One(number)) => vec![id(number)],
+            Some(LicenseNumbers::Many(numbers)) => numbers.iter().map(id).collect(),
+        }
+    }
 }
 
 /// Which license a secret opened.
@@ -233,11 +321,7 @@ impl Core {
                             .insert(secret_hash(link), id.clone());
                     }
                     for (email, _) in state.members() {
-                        indexes
-                            .licenses_of_member
-                            .entry(email.clone())
-                            .or_default()
-                            .insert(id.clone());
+                        indexes.licenses_of_member.insert(email, &id);
                     }
                 }
             }
@@ -397,13 +481,32 @@ impl Core {
     }
 
     fn apply_license(&self, id: &str, entry: &mut Entry<License>, meta: &EventMeta, event: &Event) {
-        let old_key = entry.aggregate.state().map(|s| secret_hash(s.key()));
-        let old_link = entry
-            .aggregate
-            .state()
-            .and_then(|s| s.link().map(secret_hash));
-        entry.aggregate.apply(meta, event);
         let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        Self::apply_license_to(&mut indexes, id, entry, meta, event);
+    }
+
+    /// Applies one event to a license and to the indexes, which the caller holds locked (a
+    /// large decision locks them once for all its events, not once per event).
+    fn apply_license_to(
+        indexes: &mut Indexes,
+        id: &str,
+        entry: &mut Entry<License>,
+        meta: &EventMeta,
+        event: &Event,
+    ) {
+        let changes_secrets = matches!(
+            event,
+            Event::LicenseIssued(_) | Event::LicenseKeyRotated(_) | Event::JoinLinkRotated(_)
+        );
+        // Hashing the secrets costs two SHA-256 runs: only the events that change them pay.
+        let (old_key, old_link) = match (changes_secrets, entry.aggregate.state()) {
+            (true, Some(state)) => (
+                Some(secret_hash(state.key())),
+                state.link().map(secret_hash),
+            ),
+            _ => (None, None),
+        };
+        entry.aggregate.apply(meta, event);
         match event {
             Event::LicenseIssued(_) | Event::LicenseKeyRotated(_) | Event::JoinLinkRotated(_) => {
                 if let Some(old) = old_key {
@@ -424,33 +527,16 @@ impl Core {
                 }
             }
             Event::UserAdded(e) => {
-                indexes
-                    .licenses_of_member
-                    .entry(e.email.clone())
-                    .or_default()
-                    .insert(id.to_owned());
+                indexes.licenses_of_member.insert(&e.email, id);
             }
             Event::InviteSent(e) => {
-                indexes
-                    .licenses_of_member
-                    .entry(e.email.clone())
-                    .or_default()
-                    .insert(id.to_owned());
+                indexes.licenses_of_member.insert(&e.email, id);
             }
             Event::UserWaitlisted(e) => {
-                indexes
-                    .licenses_of_member
-                    .entry(e.email.clone())
-                    .or_default()
-                    .insert(id.to_owned());
+                indexes.licenses_of_member.insert(&e.email, id);
             }
             Event::UserRemoved(e) => {
-                if let Some(licenses) = indexes.licenses_of_member.get_mut(&e.email) {
-                    licenses.remove(id);
-                    if licenses.is_empty() {
-                        indexes.licenses_of_member.remove(&e.email);
-                    }
-                }
+                indexes.licenses_of_member.remove(&e.email, id);
             }
             _ => {}
         }
@@ -569,13 +655,18 @@ impl Core {
         &self,
         id: &str,
         entry: &mut Entry<License>,
-        events: &[Event],
+        events: Vec<Event>,
         meta: &EventMeta,
         command_id: Uuid,
         correlation_id: Uuid,
     ) -> Result<u64, CoreError> {
         let mut last_position = 0;
-        for (index, chunk) in events.chunks(ledger::APPEND_EVENTS_MAX).enumerate() {
+        let chunks_count = events.len().div_ceil(ledger::APPEND_EVENTS_MAX);
+        let mut events = events.into_iter();
+        for index in 0..chunks_count {
+            // Each chunk is dropped once applied, so a very large decision does not hold
+            // its events and their encodings all at once.
+            let chunk: Vec<Event> = events.by_ref().take(ledger::APPEND_EVENTS_MAX).collect();
             // Each chunk of a very large decision is its own append; its id derives from
             // the command's so that a retried chunk is recognised by the ledger.
             let chunk_id = if index == 0 {
@@ -583,7 +674,7 @@ impl Core {
             } else {
                 Uuid::new_v5(&command_id, &index.to_be_bytes())
             };
-            let new_events = Self::new_events(chunk, meta, correlation_id);
+            let new_events = Self::new_events(&chunk, meta, correlation_id);
             let result = self
                 .log
                 .append(&license_stream(id), entry.expected(), new_events, chunk_id)
@@ -595,8 +686,11 @@ impl Core {
                 self.catch_up_license(id, entry).await?;
                 return Ok(crate::projector::api_position(result.last_position));
             }
-            for event in chunk {
-                self.apply_license(id, entry, meta, event);
+            {
+                let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+                for event in &chunk {
+                    Self::apply_license_to(&mut indexes, id, entry, meta, event);
+                }
             }
             entry.revision = Some(result.next_expected_revision);
             self.applied_up_to(result.last_position);
@@ -644,7 +738,7 @@ impl Core {
                 .append_license(
                     id,
                     &mut entry,
-                    &decision.events,
+                    decision.events,
                     &meta,
                     command_id,
                     correlation_id,
@@ -774,7 +868,7 @@ impl Core {
             .append_license(
                 license.as_str(),
                 &mut license_entry,
-                &license_decision.events,
+                license_decision.events,
                 &meta,
                 license_command_id,
                 correlation_id,
@@ -876,11 +970,7 @@ impl Core {
     pub async fn auto_enrollment_license(&self, teacher: &Email) -> Option<String> {
         let candidates: Vec<String> = {
             let indexes = self.indexes.read().unwrap_or_else(|p| p.into_inner());
-            indexes
-                .licenses_of_member
-                .get(teacher)
-                .map(|licenses| licenses.iter().cloned().collect())
-                .unwrap_or_default()
+            indexes.licenses_of_member.licenses(teacher)
         };
         let now = self.clock.now();
         let mut best: Option<(DateTime<Utc>, String)> = None;
@@ -987,6 +1077,37 @@ mod tests {
         let shared = core.existing_license(license)?;
         let entry = shared.lock().await;
         entry.aggregate.state().map(|state| state.users_count())
+    }
+
+    /// LMS-2 picks among a teacher's licenses: the compact index must keep every membership
+    /// and forget exactly the removed one.
+    #[test]
+    fn the_member_index_keeps_each_membership_until_its_removal() {
+        let mut index = super::MemberLicenses::default();
+        let teacher = Email::parse("t@north.edu").unwrap();
+        let other = Email::parse("o@north.edu").unwrap();
+        index.insert(&teacher, "L1");
+        index.insert(&teacher, "L1");
+        index.insert(&teacher, "L2");
+        index.insert(&teacher, "L3");
+        index.insert(&other, "L2");
+        let mut licenses = index.licenses(&teacher);
+        licenses.sort();
+        assert_eq!(licenses, ["L1", "L2", "L3"]);
+        index.remove(&teacher, "L2");
+        let mut licenses = index.licenses(&teacher);
+        licenses.sort();
+        assert_eq!(licenses, ["L1", "L3"]);
+        assert_eq!(index.licenses(&other), ["L2"], "another member keeps L2");
+        index.remove(&teacher, "L1");
+        index.remove(&teacher, "unknown");
+        assert_eq!(index.licenses(&teacher), ["L3"]);
+        index.remove(&teacher, "L3");
+        assert!(index.licenses(&teacher).is_empty());
+        assert!(
+            !index.of_member.contains_key(&teacher),
+            "an emptied entry is dropped"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

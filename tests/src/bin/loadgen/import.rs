@@ -88,6 +88,9 @@ fn csv_file(rows: usize) -> Vec<u8> {
 struct Imported {
     /// From the first byte sent until the import's answer.
     answered: Duration,
+    /// The server's peak RSS when the import was answered (MiB), before the projections
+    /// caught up: what the command path and the ledger took.
+    peak_when_answered_mib: f64,
     /// From the first byte sent until `ListUsers` shows the import's position.
     visible: Duration,
 }
@@ -127,6 +130,7 @@ async fn import(
         .context("ImportCsv")?
         .into_inner();
     let answered = started.elapsed();
+    let peak_when_answered_mib = server.peak_rss_mib()?;
     wait_visible(&mut queries, license, reply.position).await?;
     let visible = started.elapsed();
     if reply.added + reply.invited != rows as u64 || reply.invalid_count != 0 {
@@ -135,7 +139,11 @@ async fn import(
             reply.added, reply.invited, reply.unchanged, reply.invalid_count
         ));
     }
-    Ok(Imported { answered, visible })
+    Ok(Imported {
+        answered,
+        peak_when_answered_mib,
+        visible,
+    })
 }
 
 /// Asks `ListUsers` for one row at `position` until the projections have reached it.
@@ -163,7 +171,9 @@ async fn wait_visible(
             // The projections have not reached the position within the server's wait.
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 if started.elapsed() > Duration::from_millis(VISIBLE_WAIT_MS) {
-                    bail!("position {position} was not visible within {VISIBLE_WAIT_MS} ms");
+                    bail!(
+                        "position {position} was not visible within {VISIBLE_WAIT_MS} ms: {status}"
+                    );
                 }
             }
             Err(status) => bail!("ListUsers: {status}"),
@@ -247,6 +257,13 @@ pub async fn run(
         "import answered",
         imported.answered.as_secs_f64(),
         "s",
+        None,
+    );
+    report.figure(
+        "3",
+        "server peak RSS when answered",
+        imported.peak_when_answered_mib,
+        "MiB",
         None,
     );
     report.figure(
