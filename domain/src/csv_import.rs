@@ -147,8 +147,8 @@ struct Record {
 pub struct CsvImportParser {
     reader: Reader,
     phase: Phase,
-    /// The longest row accepted; `CSV_ROW_LENGTH_MAX_BYTES` except in tests, which use a
-    /// small bound to reach the long-row paths with small files.
+    /// The longest row accepted; `CSV_ROW_LENGTH_MAX_BYTES` except in tests and fuzzing,
+    /// which use a small bound to reach the long-row paths with small files.
     row_length_max: usize,
     /// The physical line of the next byte, counting LF, CRLF and a lone CR each as one line
     /// end, as text editors do.

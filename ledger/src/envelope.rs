@@ -252,7 +252,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes one framed record from the start of `buf`. Returns the event, its flags and
-/// the bytes it took. Checks the checksum and the envelope's own hash.
+/// the bytes it took. Checks the checksum; the caller checks the envelope's hash.
 pub(crate) fn decode_record(buf: &[u8]) -> Result<(RecordedEvent, u8, usize), DecodeError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Err(DecodeError::Truncated);
