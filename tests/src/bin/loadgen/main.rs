@@ -183,21 +183,25 @@ async fn run(flags: &Flags) -> Result<Report> {
         Workload::All => (true, true, true, true),
         Workload::Smoke => (true, flags.postgres.is_some(), true, true),
     };
-    if ledger {
-        commands::run(flags, &binaries, &mut report).await?;
+    // A workload that fails is reported and the next one still runs, so that one long run
+    // gives every figure it can.
+    if ledger && let Err(error) = commands::run(flags, &binaries, &mut report).await {
+        report.fail(format!("workload 1: {error:#}"));
     }
-    if peer {
-        peer::run(flags, &mut report).await?;
+    if peer && let Err(error) = peer::run(flags, &mut report).await {
+        report.fail(format!("workload 2: {error:#}"));
     }
     if ledger && peer {
         report.compare();
     }
     if large {
         let only_import = flags.workload == Workload::Import;
-        import::run(flags, &binaries, only_import, &mut report).await?;
+        if let Err(error) = import::run(flags, &binaries, only_import, &mut report).await {
+            report.fail(format!("workloads 3 to 5: {error:#}"));
+        }
     }
-    if replay {
-        replay::run(flags, &binaries, &mut report).await?;
+    if replay && let Err(error) = replay::run(flags, &binaries, &mut report).await {
+        report.fail(format!("workload 6: {error:#}"));
     }
     Ok(report)
 }
