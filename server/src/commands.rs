@@ -43,6 +43,25 @@ struct Call {
     correlation_id: Uuid,
 }
 
+/// Runs a decision on a task of its own and waits for its answer. tonic drops a handler's
+/// future when the client hangs up or its deadline passes; dropped between an append and its
+/// application in memory, or between the appends of a large import, a decision would be left
+/// half done. On its own task it always runs to its end: a client that left does not hear
+/// the answer, and its retry with the same x-command-id appends nothing twice (AUD-4).
+async fn to_completion<T, F>(work: F) -> Result<T, Status>
+where
+    F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(answer) => answer,
+        Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
+        Err(_) => Err(Status::unavailable(
+            "the server is shutting down; retry the command with the same x-command-id",
+        )),
+    }
+}
+
 fn header<'a>(metadata: &'a tonic::metadata::MetadataMap, name: &str) -> Option<&'a str> {
     metadata.get(name).and_then(|value| value.to_str().ok())
 }
@@ -162,16 +181,15 @@ impl CommandService {
         id: &str,
         command: LicenseCommand,
     ) -> Result<(Outcome, u64), Status> {
-        self.core
-            .execute_license(
-                id,
-                &call.actor,
-                &command,
-                call.command_id,
-                call.correlation_id,
-            )
-            .await
-            .map_err(from_core)
+        let core = Arc::clone(&self.core);
+        let (id, actor) = (id.to_owned(), call.actor.clone());
+        let (command_id, correlation_id) = (call.command_id, call.correlation_id);
+        to_completion(async move {
+            core.execute_license(&id, &actor, &command, command_id, correlation_id)
+                .await
+                .map_err(from_core)
+        })
+        .await
     }
 
     async fn plain(
@@ -593,21 +611,23 @@ impl LicenseCommands for CommandService {
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
-        let run = async {
-            let position = self
-                .core
+        let core = Arc::clone(&self.core);
+        let (actor, command_id, correlation_id) =
+            (call.actor.clone(), call.command_id, call.correlation_id);
+        let run = to_completion(async move {
+            let position = core
                 .execute_claim(
                     &license,
                     &domain,
                     Some(r.dedicated),
-                    &call.actor,
-                    call.command_id,
-                    call.correlation_id,
+                    &actor,
+                    command_id,
+                    correlation_id,
                 )
                 .await
                 .map_err(from_core)?;
             Ok(CommandReply { position })
-        };
+        });
         self.once(&call, "ClaimDomain", &bytes, run).await
     }
 
@@ -619,21 +639,16 @@ impl LicenseCommands for CommandService {
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
-        let run = async {
-            let position = self
-                .core
-                .execute_claim(
-                    &license,
-                    &domain,
-                    None,
-                    &call.actor,
-                    call.command_id,
-                    call.correlation_id,
-                )
+        let core = Arc::clone(&self.core);
+        let (actor, command_id, correlation_id) =
+            (call.actor.clone(), call.command_id, call.correlation_id);
+        let run = to_completion(async move {
+            let position = core
+                .execute_claim(&license, &domain, None, &actor, command_id, correlation_id)
                 .await
                 .map_err(from_core)?;
             Ok(CommandReply { position })
-        };
+        });
         self.once(&call, "ReleaseDomain", &bytes, run).await
     }
 
@@ -790,20 +805,16 @@ impl CommandService {
         } else {
             "RevokeDomainAdmin"
         };
-        let run = async {
-            let position = self
-                .core
-                .execute_domain(
-                    &domain,
-                    &call.actor,
-                    &command,
-                    call.command_id,
-                    call.correlation_id,
-                )
+        let core = Arc::clone(&self.core);
+        let (actor, command_id, correlation_id) =
+            (call.actor.clone(), call.command_id, call.correlation_id);
+        let run = to_completion(async move {
+            let position = core
+                .execute_domain(&domain, &actor, &command, command_id, correlation_id)
                 .await
                 .map_err(from_core)?;
             Ok(CommandReply { position })
-        };
+        });
         self.once(&call, rpc, &bytes, run).await
     }
 
@@ -823,20 +834,19 @@ impl CommandService {
     }
 
     async fn join(&self, call: &Call, secret: &str, kind: SecretKind) -> Result<JoinReply, Status> {
-        let (license, outcome, position) = self
-            .core
-            .redeem(
-                secret,
-                kind,
-                &call.actor,
-                call.command_id,
-                call.correlation_id,
-            )
-            .await
-            .map_err(|error| match error {
-                CoreError::Domain(error) => from_domain(&error),
-                other => from_core(other),
-            })?;
+        let core = Arc::clone(&self.core);
+        let secret = secret.to_owned();
+        let (actor, command_id, correlation_id) =
+            (call.actor.clone(), call.command_id, call.correlation_id);
+        let (license, outcome, position) = to_completion(async move {
+            core.redeem(&secret, kind, &actor, command_id, correlation_id)
+                .await
+                .map_err(|error| match error {
+                    CoreError::Domain(error) => from_domain(&error),
+                    other => from_core(other),
+                })
+        })
+        .await?;
         let Outcome::Joined { status } = outcome else {
             return Err(Status::internal("a join answered something else"));
         };
@@ -845,5 +855,48 @@ impl CommandService {
             license,
             status: status_name(status),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A handler dropped while its decision runs (the client hung up, the deadline passed)
+    /// must not stop the decision half way: `to_completion` finishes the work anyway.
+    #[tokio::test]
+    async fn a_dropped_handler_does_not_stop_its_decision_half_way() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let (started_sender, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (done_sender, done) = tokio::sync::oneshot::channel::<()>();
+        let work_finished = Arc::clone(&finished);
+        let handler = tokio::spawn(to_completion(async move {
+            started_sender
+                .send(())
+                .expect("the test waits for the start");
+            // The first half of the work is done; the second waits for the test.
+            released.await.expect("the test releases the work");
+            work_finished.store(true, Ordering::SeqCst);
+            done_sender.send(()).expect("the test waits for the end");
+            Ok::<(), Status>(())
+        }));
+        started.await.expect("the work starts");
+        handler.abort();
+        assert!(
+            handler
+                .await
+                .expect_err("the handler was aborted")
+                .is_cancelled(),
+            "the handler's future is gone, as tonic drops it"
+        );
+        release
+            .send(())
+            .expect("the work still waits to be released");
+        done.await
+            .expect("the work runs to its end without its handler");
+        assert!(finished.load(Ordering::SeqCst));
     }
 }
