@@ -316,11 +316,14 @@ impl LedgerError {
         LedgerError::Disk(DiskFailure::from_io(during, error, false))
     }
 
-    /// The same error, as the reason an open refuses to start: I/O errors become typed
-    /// disk failures, everything else stays as it is.
+    /// The same error, as the reason an open refuses to start: a full or read-only file
+    /// system becomes a typed disk failure; other I/O errors (a missing permission, ...)
+    /// and everything else stay as they are.
     pub(crate) fn at_open(self, during: impl Into<String>) -> LedgerError {
         match self {
-            LedgerError::Io(io) => LedgerError::Disk(DiskFailure::from_io(during, &io, true)),
+            LedgerError::Io(io) if disk_problem(&io) != DiskProblem::Failed => {
+                LedgerError::Disk(DiskFailure::from_io(during, &io, true))
+            }
             LedgerError::Disk(failure) => LedgerError::Disk(DiskFailure {
                 at_open: true,
                 ..failure
