@@ -192,6 +192,27 @@ impl CommandService {
         .await
     }
 
+    /// ClaimDomain (`Some(dedicated)`) and ReleaseDomain (`None`), run to completion.
+    async fn claim(
+        &self,
+        call: &Call,
+        license: LicenseId,
+        domain: DomainName,
+        claim: Option<bool>,
+    ) -> Result<CommandReply, Status> {
+        let core = Arc::clone(&self.core);
+        let (actor, command_id, correlation_id) =
+            (call.actor.clone(), call.command_id, call.correlation_id);
+        to_completion(async move {
+            let position = core
+                .execute_claim(&license, &domain, claim, &actor, command_id, correlation_id)
+                .await
+                .map_err(from_core)?;
+            Ok(CommandReply { position })
+        })
+        .await
+    }
+
     async fn plain(
         &self,
         call: &Call,
@@ -611,23 +632,7 @@ impl LicenseCommands for CommandService {
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
-        let core = Arc::clone(&self.core);
-        let (actor, command_id, correlation_id) =
-            (call.actor.clone(), call.command_id, call.correlation_id);
-        let run = to_completion(async move {
-            let position = core
-                .execute_claim(
-                    &license,
-                    &domain,
-                    Some(r.dedicated),
-                    &actor,
-                    command_id,
-                    correlation_id,
-                )
-                .await
-                .map_err(from_core)?;
-            Ok(CommandReply { position })
-        });
+        let run = self.claim(&call, license, domain, Some(r.dedicated));
         self.once(&call, "ClaimDomain", &bytes, run).await
     }
 
@@ -639,16 +644,7 @@ impl LicenseCommands for CommandService {
         let bytes = request.get_ref().encode_to_vec();
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
-        let core = Arc::clone(&self.core);
-        let (actor, command_id, correlation_id) =
-            (call.actor.clone(), call.command_id, call.correlation_id);
-        let run = to_completion(async move {
-            let position = core
-                .execute_claim(&license, &domain, None, &actor, command_id, correlation_id)
-                .await
-                .map_err(from_core)?;
-            Ok(CommandReply { position })
-        });
+        let run = self.claim(&call, license, domain, None);
         self.once(&call, "ReleaseDomain", &bytes, run).await
     }
 
