@@ -15,6 +15,8 @@ pub mod fuzz_checks;
 #[cfg(feature = "kurrentdb")]
 mod kurrent;
 pub mod storage;
+#[doc(hidden)]
+pub mod tamper;
 mod types;
 pub mod walk;
 

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use common::event;
+use ledger::tamper::{delete_record, edit_payload, record_ranges as records, swap_records};
 use ledger::walk::{Fault, walk_segments};
 use ledger::{EmbeddedLog, EmbeddedOptions, EventLog, ExpectedRevision, LedgerError};
 use uuid::Uuid;
@@ -41,49 +41,6 @@ async fn build(dir: &Path) -> usize {
 
 fn segment(dir: &Path) -> PathBuf {
     dir.join("segments").join(format!("{:012}.seg", 0))
-}
-
-/// The byte ranges of the records of a segment file.
-fn records(bytes: &[u8]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(at..at + 8 + len);
-        at += 8 + len;
-    }
-    assert_eq!(at, bytes.len(), "the segment ends on a record boundary");
-    out
-}
-
-/// Flips a bit of record `k`'s payload (the last 8 + 32 + 32 bytes of the body are the
-/// payload's tail and the two hashes) and recomputes its CRC.
-fn edit_payload(bytes: &[u8], k: usize) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let r = records(bytes)[k].clone();
-    out[r.end - 64 - 1] ^= 0x01;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[r.start..r.start + 4]);
-    crc.update(&out[r.start + 8..r.end]);
-    out[r.start + 4..r.start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
-    out
-}
-
-fn delete_record(bytes: &[u8], k: usize) -> Vec<u8> {
-    let r = records(bytes)[k].clone();
-    let mut out = bytes[..r.start].to_vec();
-    out.extend_from_slice(&bytes[r.end..]);
-    out
-}
-
-fn swap_records(bytes: &[u8], k: usize) -> Vec<u8> {
-    let rs = records(bytes);
-    let (a, b) = (rs[k].clone(), rs[k + 1].clone());
-    let mut out = bytes[..a.start].to_vec();
-    out.extend_from_slice(&bytes[b.clone()]);
-    out.extend_from_slice(&bytes[a]);
-    out.extend_from_slice(&bytes[b.end..]);
-    out
 }
 
 /// Opens the log in `dir` and returns the refusal's message; fails the test if it opens.

@@ -237,18 +237,7 @@ pub fn segment_path(data: &Path) -> PathBuf {
         .join(format!("{:012}.seg", 0))
 }
 
-/// The byte ranges of the records of a segment file.
-pub fn records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(at..at + 8 + len);
-        at += 8 + len;
-    }
-    assert_eq!(at, bytes.len(), "the segment ends on a record boundary");
-    out
-}
+pub use ledger::tamper::{delete_record, record_ranges as records, swap_records};
 
 /// Flips one bit of record `k`'s payload and recomputes its CRC, so that only the hash
 /// chain can tell (AUD-3).
@@ -269,30 +258,7 @@ pub fn edit_payload(bytes: &mut [u8], k: usize) {
     let payload_len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     assert!(payload_len > 0);
     bytes[at + 4 + payload_len / 2] ^= 0x01;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&bytes[r.start..r.start + 4]);
-    crc.update(&bytes[body..r.end]);
-    let sum = crc.finalize().to_le_bytes();
-    bytes[r.start + 4..r.start + 8].copy_from_slice(&sum);
-}
-
-/// Removes record `k`.
-pub fn delete_record(bytes: &[u8], k: usize) -> Vec<u8> {
-    let r = records(bytes)[k].clone();
-    let mut out = bytes[..r.start].to_vec();
-    out.extend_from_slice(&bytes[r.end..]);
-    out
-}
-
-/// Swaps records `k` and `k + 1`.
-pub fn swap_records(bytes: &[u8], k: usize) -> Vec<u8> {
-    let rs = records(bytes);
-    let (a, b) = (rs[k].clone(), rs[k + 1].clone());
-    let mut out = bytes[..a.start].to_vec();
-    out.extend_from_slice(&bytes[b.clone()]);
-    out.extend_from_slice(&bytes[a]);
-    out.extend_from_slice(&bytes[b.end..]);
-    out
+    ledger::tamper::refresh_crc(bytes, r);
 }
 
 /// Runs the CLI in-process; returns the exit code and what it printed on stdout.

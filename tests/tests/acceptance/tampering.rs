@@ -2,11 +2,11 @@
 //! directory whose stored events were edited (CRC fixed, so only the hash chain can tell),
 //! deleted or reordered, refuses to start, and its error names the first broken event.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use ledger::tamper::{delete_record, edit_payload, record_ranges as records, swap_records};
 use proto::license_commands_client::LicenseCommandsClient;
 use server::{ManualClock, Scope, ServerConfig, Tokens};
 use tonic::Request;
@@ -76,64 +76,6 @@ fn segment(data: &Path) -> PathBuf {
     data.join("log")
         .join("segments")
         .join(format!("{:012}.seg", 0))
-}
-
-fn records(bytes: &[u8]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(at..at + 8 + len);
-        at += 8 + len;
-    }
-    assert_eq!(at, bytes.len(), "the segment ends on a record boundary");
-    out
-}
-
-/// CRC-32 (IEEE), as the segment records carry it, bit by bit: this crate has no CRC library.
-fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut crc = !0u32;
-    for part in parts {
-        for &byte in *part {
-            crc ^= byte as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-    }
-    !crc
-}
-
-/// Flips a bit of the last payload byte of record `k` (the body ends with the payload, the
-/// predecessor hash and the own hash) and recomputes the record's CRC.
-fn edit_payload(bytes: &[u8], k: usize) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let r = records(bytes)[k].clone();
-    out[r.end - 64 - 1] ^= 0x01;
-    let crc = crc32(&[&out[r.start..r.start + 4], &out[r.start + 8..r.end]]);
-    out[r.start + 4..r.start + 8].copy_from_slice(&crc.to_le_bytes());
-    out
-}
-
-fn delete_record(bytes: &[u8], k: usize) -> Vec<u8> {
-    let r = records(bytes)[k].clone();
-    let mut out = bytes[..r.start].to_vec();
-    out.extend_from_slice(&bytes[r.end..]);
-    out
-}
-
-fn swap_records(bytes: &[u8], k: usize) -> Vec<u8> {
-    let rs = records(bytes);
-    let (a, b) = (rs[k].clone(), rs[k + 1].clone());
-    let mut out = bytes[..a.start].to_vec();
-    out.extend_from_slice(&bytes[b.clone()]);
-    out.extend_from_slice(&bytes[a]);
-    out.extend_from_slice(&bytes[b.end..]);
-    out
 }
 
 fn copy_dir(from: &Path, to: &Path) {
