@@ -304,17 +304,19 @@ async fn prepare(
         Kind::Teacher => format!("{teacher}, early1@{domain}, early2@{domain}"),
         _ => format!("early0@{domain}, early1@{domain}, early2@{domain}"),
     };
-    commands
+    let mut position = commands
         .add_users_by_email(staff(proto::AddUsersByEmailRequest {
             license: license.clone(),
             emails: taken,
         }))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .position;
     match kind {
         Kind::Teacher => {}
         Kind::DistrictOu => {
-            commands
+            position = commands
                 .link_ou(with_token(
                     proto::LinkOuRequest {
                         license: license.clone(),
@@ -325,23 +327,31 @@ async fn prepare(
                     Some(ADMIN),
                 ))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_inner()
+                .position;
         }
         Kind::DistrictDomain => {
-            commands
+            position = commands
                 .claim_domain(staff(proto::ClaimDomainRequest {
                     license: license.clone(),
                     domain: domain.clone(),
                     dedicated: false,
                 }))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_inner()
+                .position;
         }
     }
+    // The projections answer once they have reached the last command (read your writes).
     let view = queries
-        .get_license(staff(proto::LicenseRef {
-            license: license.clone(),
-        }))
+        .get_license(at_least(
+            staff(proto::LicenseRef {
+                license: license.clone(),
+            }),
+            position,
+        ))
         .await
         .unwrap()
         .into_inner();
