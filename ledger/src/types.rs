@@ -301,9 +301,10 @@ impl From<sled::Error> for LedgerError {
     fn from(e: sled::Error) -> Self {
         match e {
             // A full or read-only disk under the index is the disk's problem, not the
-            // index's: keep the kind so that it is reported as such.
+            // index's: it is reported as such whichever store (segment or index) meets it
+            // first, so a full disk always answers as a full disk.
             sled::Error::Io(io) if disk_problem(&io) != DiskProblem::Failed => {
-                LedgerError::Io(Arc::new(io))
+                LedgerError::disk("updating the log's index", &io)
             }
             e => LedgerError::Index(e.to_string()),
         }
@@ -326,6 +327,7 @@ impl LedgerError {
             }
             LedgerError::Disk(failure) => LedgerError::Disk(DiskFailure {
                 at_open: true,
+                during: format!("{}, {}", during.into(), failure.during),
                 ..failure
             }),
             other => other,
