@@ -8,13 +8,16 @@
 //! it stores the event; the embedded log checks positions are contiguous instead.
 //!
 //! A record in a segment file is: body length (u32 LE), CRC-32 of length and body
-//! (u32 LE), then the body: flags (u8), position (u64 BE), canonical bytes, own hash (32).
+//! (u32 LE), then the body: flags (u8), position (u64 BE), the command's answer when the
+//! flags say so (u32 BE length and bytes, only on the last record of an append), canonical
+//! bytes, own hash (32). The answer is outside the canonical bytes: it is what the command's
+//! caller was told (AUD-4), covered by the CRC but not by the hash chain.
 
 use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::types::{EVENT_BYTES_MAX, NewEvent, RecordedEvent};
+use crate::types::{ANSWER_BYTES_MAX, EVENT_BYTES_MAX, NewEvent, RecordedEvent};
 
 /// The predecessor hash of a stream's first event.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -27,6 +30,17 @@ pub(crate) const RECORD_HEADER_BYTES: usize = 8;
 
 /// Set on the last record of an append; recovery cuts back to the last record with it.
 pub(crate) const FLAG_LAST_OF_APPEND: u8 = 1;
+
+/// Set on the last record of an append made with an answer, which follows the position.
+pub(crate) const FLAG_ANSWER: u8 = 2;
+
+/// Every flag a record may carry; others make the record unreadable.
+pub(crate) const FLAGS_KNOWN: u8 = FLAG_LAST_OF_APPEND | FLAG_ANSWER;
+
+/// The bytes an answer adds to its record.
+pub(crate) fn answer_record_bytes(answer: Option<&[u8]>) -> usize {
+    answer.map_or(0, |a| 4 + a.len())
+}
 
 /// The fixed part of canonical bytes: ids, integers, length prefixes and the hash.
 const CANONICAL_FIXED_BYTES: usize = 16 + 4 + 8 + 4 + 2 + 12 + 4 + 16 + 16 + 4 + 32;
@@ -171,12 +185,31 @@ fn checksum(len_bytes: &[u8; 4], body: &[u8]) -> u32 {
     c.finalize()
 }
 
-/// Appends the framed record of `e` to `out`.
-pub(crate) fn encode_record(out: &mut Vec<u8>, e: &RecordedEvent, flags: u8) {
+/// Appends the framed record of `e` to `out`, with the command's answer if one is given
+/// (only ever on the last record of an append).
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    e: &RecordedEvent,
+    flags: u8,
+    answer: Option<&[u8]>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
-    out.push(flags);
-    out.extend_from_slice(&e.position.to_be_bytes());
+    match answer {
+        Some(answer) => {
+            assert!(
+                flags & FLAG_LAST_OF_APPEND != 0,
+                "an answer is kept only on the last record of an append"
+            );
+            out.push(flags | FLAG_ANSWER);
+            out.extend_from_slice(&e.position.to_be_bytes());
+            put_str(out, answer);
+        }
+        None => {
+            out.push(flags & !FLAG_ANSWER);
+            out.extend_from_slice(&e.position.to_be_bytes());
+        }
+    }
     write_canonical(out, e);
     out.extend_from_slice(&e.hash);
     let body_len = (out.len() - start - RECORD_HEADER_BYTES) as u32;
@@ -254,6 +287,14 @@ impl<'a> Cursor<'a> {
 /// Decodes one framed record from the start of `buf`. Returns the event, its flags and
 /// the bytes it took. Checks the checksum; the caller checks the envelope's hash.
 pub(crate) fn decode_record(buf: &[u8]) -> Result<(RecordedEvent, u8, usize), DecodeError> {
+    decode_record_answered(buf).map(|(e, flags, used, _)| (e, flags, used))
+}
+
+/// A framed record decoded: the event, its flags, the bytes it took and its answer.
+pub(crate) type DecodedRecord = (RecordedEvent, u8, usize, Option<Vec<u8>>);
+
+/// `decode_record`, also returning the command's answer the record keeps, if any.
+pub(crate) fn decode_record_answered(buf: &[u8]) -> Result<DecodedRecord, DecodeError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Err(DecodeError::Truncated);
     }
@@ -267,24 +308,50 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<(RecordedEvent, u8, usize), De
     if checksum(&len_bytes, body) != stored_crc {
         return Err(DecodeError::Bad("checksum mismatch".into()));
     }
-    let (e, flags) = decode_body(body)?;
-    Ok((e, flags, RECORD_HEADER_BYTES + len))
+    let (e, flags, answer) = decode_body(body)?;
+    Ok((e, flags, RECORD_HEADER_BYTES + len, answer))
 }
 
 /// Decodes a record's body (the bytes after its 8-byte header) into the event and its
 /// flags. Only the format is checked: the caller checks the checksum and the hashes. Public
 /// so that the replay tool's read-only verify reads records exactly as the log writes them.
 pub fn decode_record_body(body: &[u8]) -> Result<(RecordedEvent, u8), String> {
-    decode_body(body).map_err(|error| match error {
-        DecodeError::Truncated => "the record is cut short".to_owned(),
-        DecodeError::Bad(reason) => reason,
-    })
+    decode_body(body)
+        .map(|(e, flags, _)| (e, flags))
+        .map_err(|error| match error {
+            DecodeError::Truncated => "the record is cut short".to_owned(),
+            DecodeError::Bad(reason) => reason,
+        })
 }
 
-fn decode_body(body: &[u8]) -> Result<(RecordedEvent, u8), DecodeError> {
+pub(crate) type DecodedBody = (RecordedEvent, u8, Option<Vec<u8>>);
+
+pub(crate) fn decode_body(body: &[u8]) -> Result<DecodedBody, DecodeError> {
     let mut c = Cursor { buf: body, at: 0 };
     let flags = c.take(1)?[0];
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(DecodeError::Bad(format!(
+            "unknown record flags {flags:#04x}"
+        )));
+    }
     let position = c.u64()?;
+    let answer = if flags & FLAG_ANSWER != 0 {
+        if flags & FLAG_LAST_OF_APPEND == 0 {
+            return Err(DecodeError::Bad(
+                "a command's answer on a record that does not end its append".into(),
+            ));
+        }
+        let answer = c.bytes()?;
+        if answer.len() > ANSWER_BYTES_MAX {
+            return Err(DecodeError::Bad(format!(
+                "a command's answer of {} bytes, more than {ANSWER_BYTES_MAX}",
+                answer.len()
+            )));
+        }
+        Some(answer.to_vec())
+    } else {
+        None
+    };
     let event_id = c.uuid()?;
     let stream = c.string()?;
     let revision = c.u64()?;
@@ -320,7 +387,7 @@ fn decode_body(body: &[u8]) -> Result<(RecordedEvent, u8), DecodeError> {
         predecessor_hash,
         hash,
     };
-    Ok((e, flags))
+    Ok((e, flags, answer))
 }
 
 #[cfg(test)]
@@ -343,7 +410,7 @@ mod tests {
     fn record_round_trips_and_size_is_predicted() {
         let e = seal("license-L1", 3, 42, Uuid::from_u128(5), [7; 32], &sample());
         let mut buf = Vec::new();
-        encode_record(&mut buf, &e, FLAG_LAST_OF_APPEND);
+        encode_record(&mut buf, &e, FLAG_LAST_OF_APPEND, None);
         assert_eq!(buf.len(), record_bytes("license-L1", &sample()));
         let (back, flags, used) = decode_record(&buf).unwrap();
         assert_eq!(back, e);
@@ -352,11 +419,59 @@ mod tests {
         assert_eq!(envelope_hash(&back), back.hash);
     }
 
+    // AUD-4: an answer rides on the last record of an append, round trips, is covered by the
+    // checksum and leaves the event's hash alone.
+    #[test]
+    fn a_record_with_an_answer_round_trips_and_every_flipped_byte_is_detected() {
+        let e = seal("license-L1", 3, 42, Uuid::from_u128(5), [7; 32], &sample());
+        let answer = b"an answer".as_slice();
+        let mut buf = Vec::new();
+        encode_record(&mut buf, &e, FLAG_LAST_OF_APPEND, Some(answer));
+        assert_eq!(
+            buf.len(),
+            record_bytes("license-L1", &sample()) + answer_record_bytes(Some(answer))
+        );
+        let (back, flags, used, kept) = decode_record_answered(&buf).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(flags, FLAG_LAST_OF_APPEND | FLAG_ANSWER);
+        assert_eq!(used, buf.len());
+        assert_eq!(kept.as_deref(), Some(answer));
+        assert_eq!(envelope_hash(&back), e.hash);
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                decode_record(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_flags_and_an_answer_before_the_end_of_an_append_are_refused() {
+        let e = seal("s", 0, 0, Uuid::from_u128(5), GENESIS_HASH, &sample());
+        let mut plain = Vec::new();
+        encode_record(&mut plain, &e, 0, None);
+        let body = &plain[RECORD_HEADER_BYTES..];
+        let mut unknown = body.to_vec();
+        unknown[0] = 0x80;
+        assert!(decode_record_body(&unknown).unwrap_err().contains("flags"));
+        let mut answered = Vec::new();
+        encode_record(&mut answered, &e, FLAG_LAST_OF_APPEND, Some(b"x"));
+        let mut not_last = answered[RECORD_HEADER_BYTES..].to_vec();
+        not_last[0] = FLAG_ANSWER;
+        assert!(
+            decode_record_body(&not_last)
+                .unwrap_err()
+                .contains("does not end its append")
+        );
+    }
+
     #[test]
     fn every_flipped_byte_is_detected() {
         let e = seal("s", 0, 0, Uuid::from_u128(5), GENESIS_HASH, &sample());
         let mut buf = Vec::new();
-        encode_record(&mut buf, &e, 0);
+        encode_record(&mut buf, &e, 0, None);
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;

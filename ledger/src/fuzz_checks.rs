@@ -9,16 +9,17 @@ use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use crate::envelope::{
-    DecodeError, RECORD_HEADER_BYTES, decode_record, decode_record_body, encode_record,
-    envelope_hash, record_bytes, seal,
+    DecodeError, FLAG_ANSWER, FLAG_LAST_OF_APPEND, RECORD_HEADER_BYTES, answer_record_bytes,
+    decode_body, decode_record_answered, decode_record_body, encode_record, envelope_hash,
+    record_bytes, seal,
 };
 use crate::types::{NewEvent, RecordedEvent};
 
-/// The encoded body of `event` (what follows the record header): flags, position,
-/// canonical bytes, hash.
-pub fn encode_record_body(event: &RecordedEvent, flags: u8) -> Vec<u8> {
+/// The encoded body of `event` (what follows the record header): flags, position, the
+/// command's answer if any, canonical bytes, hash.
+pub fn encode_record_body(event: &RecordedEvent, flags: u8, answer: Option<&[u8]>) -> Vec<u8> {
     let mut record = Vec::new();
-    encode_record(&mut record, event, flags);
+    encode_record(&mut record, event, flags, answer);
     record.split_off(RECORD_HEADER_BYTES)
 }
 
@@ -31,25 +32,31 @@ pub fn encode_record_body(event: &RecordedEvent, flags: u8) -> Vec<u8> {
 ///
 /// Returns the event the body holds, if it decodes, for the payload checks of the domain.
 pub fn record(input: &[u8]) -> Option<RecordedEvent> {
-    let decoded = match decode_record_body(input) {
-        Ok((event, flags)) => {
+    let decoded = match decode_body(input) {
+        Ok((event, flags, answer)) => {
             assert!(event.payload.len() <= input.len());
+            assert!(answer.as_ref().is_none_or(|a| a.len() <= input.len()));
             assert_eq!(
-                encode_record_body(&event, flags),
+                encode_record_body(&event, flags, answer.as_deref()),
                 input,
                 "a decoded body does not encode back to its bytes"
             );
             Some(event)
         }
         Err(reason) => {
+            let reason = match reason {
+                DecodeError::Bad(reason) => reason,
+                DecodeError::Truncated => "cut short".to_owned(),
+            };
             assert!(!reason.is_empty());
+            assert_eq!(decode_record_body(input).map(|_| ()), Err(reason));
             None
         }
     };
-    if let Ok((event, flags, used)) = decode_record(input) {
+    if let Ok((event, flags, used, answer)) = decode_record_answered(input) {
         assert!(used > RECORD_HEADER_BYTES && used <= input.len());
         let mut again = Vec::new();
-        encode_record(&mut again, &event, flags);
+        encode_record(&mut again, &event, flags, answer.as_deref());
         assert_eq!(
             again,
             &input[..used],
@@ -97,6 +104,10 @@ impl FieldSource<'_> {
 pub fn envelope_round_trip(input: &[u8]) {
     let mut source = FieldSource { bytes: input };
     let [flags] = source.array::<1>();
+    // Only the last record of an append keeps an answer; other flag bits are not written.
+    let answer = (flags & FLAG_ANSWER != 0 && flags & FLAG_LAST_OF_APPEND != 0)
+        .then(|| source.text().into_bytes());
+    let flags = flags & FLAG_LAST_OF_APPEND;
     let stream = source.text();
     let revision = u64::from_be_bytes(source.array());
     let position = u64::from_be_bytes(source.array());
@@ -131,20 +142,30 @@ pub fn envelope_round_trip(input: &[u8]) {
         &event,
     );
     let mut record = Vec::new();
-    encode_record(&mut record, &sealed, flags);
-    assert_eq!(record.len(), record_bytes(&stream, &event));
-    let (decoded, decoded_flags, used) = decode_record(&record).expect("a sealed envelope decodes");
+    encode_record(&mut record, &sealed, flags, answer.as_deref());
+    assert_eq!(
+        record.len(),
+        record_bytes(&stream, &event) + answer_record_bytes(answer.as_deref())
+    );
+    let (decoded, decoded_flags, used, decoded_answer) =
+        decode_record_answered(&record).expect("a sealed envelope decodes");
     assert_eq!(decoded, sealed);
-    assert_eq!(decoded_flags, flags);
+    let want_flags = if answer.is_some() {
+        flags | FLAG_ANSWER
+    } else {
+        flags
+    };
+    assert_eq!(decoded_flags, want_flags);
+    assert_eq!(decoded_answer, answer);
     assert_eq!(used, record.len());
     assert_eq!(envelope_hash(&decoded), decoded.hash);
     assert_eq!(
         decode_record_body(&record[RECORD_HEADER_BYTES..]),
-        Ok((sealed, flags))
+        Ok((sealed, want_flags))
     );
     for cut in 0..record.len() {
         assert_eq!(
-            decode_record(&record[..cut]).map(|_| ()),
+            decode_record_answered(&record[..cut]).map(|_| ()),
             Err(DecodeError::Truncated),
             "a record cut to {cut} bytes was not refused as cut short"
         );

@@ -11,7 +11,9 @@
 //! Idempotency: after an append the backend writes a marker event with the result to the
 //! stream `ledger-command-<command id>`, and a retry returns that. If the process died
 //! between the append and the marker, a retry still finds its own command id on the
-//! stream's last event and rebuilds the result from it.
+//! stream's last event and rebuilds the result from it. A command's answer (AUD-4) goes
+//! into the marker and into the metadata of the append's last event, with the number of
+//! events the append took, so that it survives the same crash.
 
 use std::sync::Arc;
 
@@ -40,6 +42,10 @@ const SUBSCRIPTION_BUFFER_EVENTS: usize = 1024;
 
 /// The metadata key that marks an event as written by this ledger, with the format version.
 const LEDGER_KEY: &str = "ledger";
+
+/// The metadata keys of a command's answer and of its append's event count.
+const ANSWER_KEY: &str = "commandAnswer";
+const APPEND_EVENTS_KEY: &str = "appendEvents";
 
 /// The event log on a KurrentDB server.
 #[derive(Clone)]
@@ -86,6 +92,15 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
@@ -97,10 +112,17 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The custom metadata that carries the envelope fields KurrentDB has no place for.
-pub(crate) fn envelope_metadata(e: &RecordedEvent) -> Vec<u8> {
+/// What the last event of an append made with an answer carries besides its envelope.
+pub(crate) struct AppendAnswer<'a> {
+    pub answer: &'a [u8],
+    pub events: usize,
+}
+
+/// The custom metadata that carries the envelope fields KurrentDB has no place for, and
+/// on an append's last event the command's answer.
+pub(crate) fn envelope_metadata(e: &RecordedEvent, answer: Option<&AppendAnswer<'_>>) -> Vec<u8> {
     // KurrentDB wants metadata as a JSON object of string keys and string values only.
-    let v = json!({
+    let mut v = json!({
         LEDGER_KEY: "1",
         "schemaVersion": e.schema_version.to_string(),
         "recordedAt": e.recorded_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
@@ -110,14 +132,26 @@ pub(crate) fn envelope_metadata(e: &RecordedEvent) -> Vec<u8> {
         "predecessorHash": hex(&e.predecessor_hash),
         "hash": hex(&e.hash),
     });
+    if let Some(answer) = answer {
+        v[ANSWER_KEY] = Value::String(hex(answer.answer));
+        v[APPEND_EVENTS_KEY] = Value::String(answer.events.to_string());
+    }
     serde_json::to_vec(&v).expect("JSON of plain values")
 }
 
+/// The command's answer and the append's event count kept in an event's metadata, if any.
+pub(crate) fn stored_answer(custom_metadata: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let meta = serde_json::from_slice::<Value>(custom_metadata).ok()?;
+    let answer = unhex(meta.get(ANSWER_KEY)?.as_str()?)?;
+    let events = meta.get(APPEND_EVENTS_KEY)?.as_str()?.parse().ok()?;
+    Some((answer, events))
+}
+
 /// The KurrentDB event for an envelope.
-pub(crate) fn to_event_data(e: &RecordedEvent) -> EventData {
+pub(crate) fn to_event_data(e: &RecordedEvent, answer: Option<&AppendAnswer<'_>>) -> EventData {
     EventData::binary(e.event_type.clone(), e.payload.clone().into())
         .id(e.event_id)
-        .metadata(envelope_metadata(e).into())
+        .metadata(envelope_metadata(e, answer).into())
 }
 
 /// The parts of a KurrentDB event the envelope is rebuilt from.
@@ -188,29 +222,46 @@ fn from_resolved(r: &kurrentdb::ResolvedEvent) -> Result<Option<RecordedEvent>> 
 }
 
 /// The marker of an applied command, as stored on its marker stream.
-pub(crate) fn command_marker(stream: &str, digest: &[u8; 32], r: &AppendResult) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "stream": stream,
-        "digest": hex(digest),
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommandMarker {
+    pub stream: String,
+    pub digest: [u8; 32],
+    pub result: AppendResult,
+    pub answer: Option<Vec<u8>>,
+}
+
+pub(crate) fn command_marker(marker: &CommandMarker) -> Vec<u8> {
+    let r = &marker.result;
+    let mut v = json!({
+        "stream": marker.stream,
+        "digest": hex(&marker.digest),
         "firstPosition": r.first_position,
         "lastPosition": r.last_position,
         "nextExpectedRevision": r.next_expected_revision,
-    }))
-    .expect("JSON of plain values")
+    });
+    if let Some(answer) = &marker.answer {
+        v[ANSWER_KEY] = Value::String(hex(answer));
+    }
+    serde_json::to_vec(&v).expect("JSON of plain values")
 }
 
-pub(crate) fn parse_command_marker(b: &[u8]) -> Option<(String, [u8; 32], AppendResult)> {
+pub(crate) fn parse_command_marker(b: &[u8]) -> Option<CommandMarker> {
     let v: Value = serde_json::from_slice(b).ok()?;
     let u = |k: &str| v.get(k).and_then(Value::as_u64);
-    Some((
-        v.get("stream")?.as_str()?.to_owned(),
-        unhex32(v.get("digest")?.as_str()?)?,
-        AppendResult {
+    let answer = match v.get(ANSWER_KEY) {
+        None => None,
+        Some(answer) => Some(unhex(answer.as_str()?)?),
+    };
+    Some(CommandMarker {
+        stream: v.get("stream")?.as_str()?.to_owned(),
+        digest: unhex32(v.get("digest")?.as_str()?)?,
+        result: AppendResult {
             first_position: u("firstPosition")?,
             last_position: u("lastPosition")?,
             next_expected_revision: u("nextExpectedRevision")?,
         },
-    ))
+        answer,
+    })
 }
 
 fn marker_stream(command_id: Uuid) -> String {
@@ -263,10 +314,7 @@ impl KurrentLog {
         Ok(out)
     }
 
-    async fn read_marker(
-        &self,
-        command_id: Uuid,
-    ) -> Result<Option<(String, [u8; 32], AppendResult)>> {
+    async fn read_marker(&self, command_id: Uuid) -> Result<Option<CommandMarker>> {
         let opts = ReadStreamOptions::default()
             .forwards()
             .position(StreamPosition::Start)
@@ -287,23 +335,38 @@ impl KurrentLog {
         }
     }
 
-    async fn write_marker(
-        &self,
-        command_id: Uuid,
-        stream: &str,
-        digest: &[u8; 32],
-        result: &AppendResult,
-    ) -> Result<()> {
-        let data = EventData::binary(
-            "LedgerCommand",
-            command_marker(stream, digest, result).into(),
-        );
+    async fn write_marker(&self, command_id: Uuid, marker: &CommandMarker) -> Result<()> {
+        let data = EventData::binary("LedgerCommand", command_marker(marker).into());
         let opts = AppendToStreamOptions::default().stream_state(StreamState::Any);
         self.client
             .append_to_stream(marker_stream(command_id), &opts, data)
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    /// The stream's last event and the answer its metadata keeps, if it has one.
+    async fn last_with_answer(
+        &self,
+        stream: &str,
+    ) -> Result<Option<(RecordedEvent, Option<(Vec<u8>, usize)>)>> {
+        let opts = ReadStreamOptions::default()
+            .position(StreamPosition::End)
+            .max_count(1)
+            .backwards();
+        let mut rs = match self.client.read_stream(stream.to_owned(), &opts).await {
+            Ok(rs) => rs,
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        match rs.next().await {
+            Ok(Some(r)) => Ok(from_resolved(&r)?.map(|e| {
+                let answer = stored_answer(&r.get_original_event().custom_metadata);
+                (e, answer)
+            })),
+            Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     /// The result of the append whose last event is `last`, read back from the stream.
@@ -330,25 +393,32 @@ impl KurrentLog {
 
 #[async_trait]
 impl EventLog for KurrentLog {
-    async fn append(
+    async fn append_answered(
         &self,
         stream: &str,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
         command_id: Uuid,
+        answer: Option<Vec<u8>>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
+        validate_append(stream, &events, answer.as_deref())?;
         let digest = request_digest(stream, &events);
-        if let Some((s, d, r)) = self.read_marker(command_id).await? {
-            return if s == stream && d == digest {
-                Ok(r)
+        if let Some(marker) = self.read_marker(command_id).await? {
+            return if marker.stream == stream && marker.digest == digest {
+                Ok(marker.result)
             } else {
                 Err(LedgerError::CommandIdReused {
                     command_id,
-                    stream: s,
+                    stream: marker.stream,
                 })
             };
         }
+        let marker = |result: AppendResult, answer: Option<Vec<u8>>| CommandMarker {
+            stream: stream.to_owned(),
+            digest,
+            result,
+            answer,
+        };
         for _ in 0..ANY_APPEND_ATTEMPTS_MAX {
             let head = self
                 .read_raw(stream, StreamPosition::End, 1, true)
@@ -377,7 +447,14 @@ impl EventLog for KurrentLog {
                     });
                 }
                 let r = self.result_ending_at(h, events.len()).await?;
-                self.write_marker(command_id, stream, &digest, &r).await?;
+                // The first answer stays: the one in the stored event's metadata.
+                let first_answer = self
+                    .last_with_answer(stream)
+                    .await?
+                    .filter(|(last, _)| last.revision == h.revision)
+                    .and_then(|(_, answer)| answer.map(|(answer, _)| answer));
+                self.write_marker(command_id, &marker(r, first_answer))
+                    .await?;
                 return Ok(r);
             }
             let current = match &head {
@@ -394,13 +471,20 @@ impl EventLog for KurrentLog {
             let mut revision = head.as_ref().map_or(0, |h| h.revision + 1);
             let mut prev = head.as_ref().map_or(GENESIS_HASH, |h| h.hash);
             let mut data = Vec::with_capacity(events.len());
-            for ev in &events {
+            for (i, ev) in events.iter().enumerate() {
                 // The position is not known before KurrentDB stores the event; it is not
                 // part of the hash.
                 let e = seal(stream, revision, 0, command_id, prev, ev);
                 prev = e.hash;
                 revision += 1;
-                data.push(to_event_data(&e));
+                let kept = answer
+                    .as_deref()
+                    .filter(|_| i + 1 == events.len())
+                    .map(|answer| AppendAnswer {
+                        answer,
+                        events: events.len(),
+                    });
+                data.push(to_event_data(&e, kept.as_ref()));
             }
             let exact = match current {
                 CurrentRevision::NoStream => ExpectedRevision::NoStream,
@@ -419,7 +503,8 @@ impl EventLog for KurrentLog {
                         .pop()
                         .ok_or_else(|| backend("appended event not readable"))?;
                     let r = self.result_ending_at(&last, events.len()).await?;
-                    self.write_marker(command_id, stream, &digest, &r).await?;
+                    self.write_marker(command_id, &marker(r, answer.clone()))
+                        .await?;
                     return Ok(r);
                 }
                 Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
@@ -437,6 +522,32 @@ impl EventLog for KurrentLog {
         Err(backend(format!(
             "stream {stream:?} kept moving; gave up after {ANY_APPEND_ATTEMPTS_MAX} attempts"
         )))
+    }
+
+    async fn command_answer(
+        &self,
+        stream: &str,
+        command_id: Uuid,
+    ) -> Result<Option<CommandAnswer>> {
+        if let Some(marker) = self.read_marker(command_id).await? {
+            return Ok((marker.stream == stream)
+                .then_some(marker.answer)
+                .flatten()
+                .map(|answer| CommandAnswer {
+                    result: marker.result,
+                    answer,
+                }));
+        }
+        // The process may have died between the append and its marker: the answer is also
+        // on the append's last event, if that is still the stream's last.
+        let Some((last, Some((answer, events)))) = self.last_with_answer(stream).await? else {
+            return Ok(None);
+        };
+        if last.command_id != command_id || events == 0 || events as u64 > last.revision + 1 {
+            return Ok(None);
+        }
+        let result = self.result_ending_at(&last, events).await?;
+        Ok(Some(CommandAnswer { result, answer }))
     }
 
     async fn read_stream(
@@ -659,7 +770,7 @@ mod tests {
     #[test]
     fn envelope_survives_the_trip_through_kurrentdb_fields() {
         let e = envelope();
-        let meta = envelope_metadata(&e);
+        let meta = envelope_metadata(&e, None);
         let back = from_stored(StoredParts {
             stream: &e.stream,
             revision: e.revision,
@@ -693,7 +804,7 @@ mod tests {
     #[test]
     fn event_data_carries_id_type_payload_and_metadata() {
         let e = envelope();
-        let d = to_event_data(&e);
+        let d = to_event_data(&e, None);
         // EventData keeps its fields private; its Debug output is the only window.
         let dbg = format!("{d:?}");
         assert!(dbg.contains(&e.event_id.to_string()), "{dbg}");
@@ -734,6 +845,37 @@ mod tests {
         );
     }
 
+    // AUD-4: the answer rides on the append's last event, so that a crash between the append
+    // and its marker keeps it; every metadata value stays a string.
+    #[test]
+    fn a_command_answer_survives_the_trip_through_the_last_events_metadata() {
+        let e = envelope();
+        let kept = AppendAnswer {
+            answer: &[0, 1, 0xfe],
+            events: 3,
+        };
+        let meta = envelope_metadata(&e, Some(&kept));
+        assert_eq!(stored_answer(&meta), Some((vec![0, 1, 0xfe], 3)));
+        assert_eq!(stored_answer(&envelope_metadata(&e, None)), None);
+        let back = from_stored(StoredParts {
+            stream: &e.stream,
+            revision: e.revision,
+            commit_position: 7,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            data: &e.payload,
+            custom_metadata: &meta,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(envelope_hash(&back), back.hash, "the answer is not hashed");
+        let text: Value = serde_json::from_slice(&meta).unwrap();
+        assert!(
+            text.as_object().unwrap().values().all(Value::is_string),
+            "{text}"
+        );
+    }
+
     #[test]
     fn command_markers_round_trip() {
         let r = AppendResult {
@@ -741,12 +883,23 @@ mod tests {
             last_position: 20,
             next_expected_revision: 3,
         };
-        let m = command_marker("license-L1", &[7; 32], &r);
-        assert_eq!(
-            parse_command_marker(&m),
-            Some(("license-L1".to_owned(), [7; 32], r))
-        );
+        for answer in [None, Some(vec![]), Some(vec![1, 2, 0xff])] {
+            let marker = CommandMarker {
+                stream: "license-L1".to_owned(),
+                digest: [7; 32],
+                result: r,
+                answer,
+            };
+            let m = command_marker(&marker);
+            assert_eq!(parse_command_marker(&m), Some(marker));
+        }
         assert_eq!(parse_command_marker(b"{}"), None);
+        let odd = br#"{"stream":"s","digest":"0707070707070707070707070707070707070707070707070707070707070707","firstPosition":1,"lastPosition":2,"nextExpectedRevision":3,"commandAnswer":"abc"}"#;
+        assert_eq!(
+            parse_command_marker(odd),
+            None,
+            "an answer of odd hex length"
+        );
         assert_eq!(unhex32(&hex(&[0xab; 32])), Some([0xab; 32]));
     }
 }

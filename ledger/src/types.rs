@@ -25,6 +25,9 @@ pub const STREAM_NAME_BYTES_MAX: usize = 1024;
 /// The longest event type or actor, in bytes.
 pub const LABEL_BYTES_MAX: usize = 1024;
 
+/// The most bytes of a command's answer kept with its append (see [`CommandAnswer`]).
+pub const ANSWER_BYTES_MAX: usize = 4096;
+
 /// The most events one `read_stream` or `read_all` call returns; a larger `max` is
 /// clamped to it. Callers page until they get an empty batch.
 pub const READ_EVENTS_MAX: usize = 10_000;
@@ -136,6 +139,18 @@ pub struct AppendResult {
     /// The revision of the append's last event: pass `Exact(next_expected_revision)` to
     /// append after it (KurrentDB's meaning of the name).
     pub next_expected_revision: u64,
+}
+
+/// What the ledger keeps of an appended command for its retries (AUD-4): the append's result
+/// and the answer the caller handed in with it, opaque bytes to the ledger. It is written in
+/// the same record, under the same `fdatasync`, as the append's last event, so a command
+/// acknowledged before a crash finds its answer after the restart. The answer is covered by
+/// the record's checksum but not by the events' hash chain: it is what the caller was told,
+/// not history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandAnswer {
+    pub result: AppendResult,
+    pub answer: Vec<u8>,
 }
 
 /// The first event at which `verify` found a chain broken.
@@ -370,7 +385,26 @@ pub trait EventLog: Send + Sync {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
         command_id: Uuid,
+    ) -> Result<AppendResult> {
+        self.append_answered(stream, expected, events, command_id, None)
+            .await
+    }
+
+    /// `append`, keeping `answer` (at most [`ANSWER_BYTES_MAX`] bytes) with the append for
+    /// [`EventLog::command_answer`]. A repeated command id keeps the first answer.
+    async fn append_answered(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+        answer: Option<Vec<u8>>,
     ) -> Result<AppendResult>;
+
+    /// The result and the answer of the append made with `command_id` on `stream`, if it
+    /// was made with an answer. Answers for the appends already acknowledged.
+    async fn command_answer(&self, stream: &str, command_id: Uuid)
+    -> Result<Option<CommandAnswer>>;
 
     /// Up to `max` events of `stream` from revision `from_revision` on, in order.
     async fn read_stream(
@@ -392,7 +426,19 @@ pub trait EventLog: Send + Sync {
 }
 
 /// Checks an append against the limits before anything is written.
-pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<()> {
+pub(crate) fn validate_append(
+    stream: &str,
+    events: &[NewEvent],
+    answer: Option<&[u8]>,
+) -> Result<()> {
+    if let Some(answer) = answer
+        && answer.len() > ANSWER_BYTES_MAX
+    {
+        return Err(LedgerError::InvalidAppend(format!(
+            "the command's answer takes {} bytes, the maximum is {ANSWER_BYTES_MAX}",
+            answer.len()
+        )));
+    }
     if stream.is_empty() || stream.len() > STREAM_NAME_BYTES_MAX {
         return Err(LedgerError::InvalidAppend(format!(
             "stream name must have 1 to {STREAM_NAME_BYTES_MAX} bytes, has {}",
@@ -422,7 +468,10 @@ pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<()> {
                 "event {i}: actor has more than {LABEL_BYTES_MAX} bytes"
             )));
         }
-        let size = crate::envelope::record_bytes(stream, e);
+        let mut size = crate::envelope::record_bytes(stream, e);
+        if i + 1 == events.len() {
+            size += crate::envelope::answer_record_bytes(answer);
+        }
         if size > EVENT_BYTES_MAX {
             return Err(LedgerError::InvalidAppend(format!(
                 "event {i} takes {size} bytes, the maximum is {EVENT_BYTES_MAX}"

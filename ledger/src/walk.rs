@@ -25,8 +25,11 @@ use chrono::{TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::envelope::{GENESIS_HASH, HASH_DOMAIN_TAG, RECORD_HEADER_BYTES, body_len_limits};
-use crate::types::EVENT_BYTES_MAX;
+use crate::envelope::{
+    FLAG_ANSWER, FLAG_LAST_OF_APPEND, FLAGS_KNOWN, GENESIS_HASH, HASH_DOMAIN_TAG,
+    RECORD_HEADER_BYTES, body_len_limits,
+};
+use crate::types::{ANSWER_BYTES_MAX, EVENT_BYTES_MAX};
 
 /// Bytes read from a segment at a time (about 12,000 records). Each read's records are
 /// hashed by threads started for it, so a read must be large enough that starting them costs
@@ -371,6 +374,8 @@ struct Checked {
     position: u64,
     stream: (usize, usize),
     revision: u64,
+    /// Where the canonical bytes start: after the flags, the position and the answer.
+    canonical_at: usize,
     predecessor_at: usize,
     own_hash_matches: bool,
 }
@@ -426,8 +431,8 @@ fn check_record(record: &[u8]) -> Checked {
     }
     match parse_body(body) {
         Ok(mut c) => {
-            // The canonical bytes sit between the flags and position and the own hash.
-            let canonical = &body[1 + 8..body.len() - 32];
+            // The canonical bytes sit between the flags, position and answer and the own hash.
+            let canonical = &body[c.canonical_at..body.len() - 32];
             let hash: [u8; 32] = Sha256::new()
                 .chain_update(HASH_DOMAIN_TAG)
                 .chain_update(canonical)
@@ -457,9 +462,22 @@ fn parse_body(body: &[u8]) -> Result<Checked, &'static str> {
     };
     let u32_at = |i: usize| u32::from_be_bytes(body[i..i + 4].try_into().expect("4"));
     let u64_at = |i: usize| u64::from_be_bytes(body[i..i + 8].try_into().expect("8"));
-    take(1)?;
+    let flags = body[take(1)?];
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err("unknown record flags");
+    }
     let position = u64_at(take(8)?);
-    take(16)?;
+    if flags & FLAG_ANSWER != 0 {
+        if flags & FLAG_LAST_OF_APPEND == 0 {
+            return Err("a command's answer on a record that does not end its append");
+        }
+        let answer_len = u32_at(take(4)?) as usize;
+        if answer_len > ANSWER_BYTES_MAX {
+            return Err("a command's answer longer than the ledger allows");
+        }
+        take(answer_len)?;
+    }
+    let canonical_at = take(16)?;
     let stream_len = u32_at(take(4)?) as usize;
     let stream_at = take(stream_len)?;
     let revision = u64_at(take(8)?);
@@ -495,6 +513,7 @@ fn parse_body(body: &[u8]) -> Result<Checked, &'static str> {
         position,
         stream: (stream_at, stream_len),
         revision,
+        canonical_at,
         predecessor_at,
         own_hash_matches: false,
     })
@@ -524,7 +543,11 @@ fn chain_step(
         return Some(broken(None, None, None, Fault::Unreadable(reason.into())));
     }
     let stream = &body[check.stream.0..check.stream.0 + check.stream.1];
-    let event_id = Uuid::from_bytes(body[9..25].try_into().expect("16"));
+    let event_id = Uuid::from_bytes(
+        body[check.canonical_at..check.canonical_at + 16]
+            .try_into()
+            .expect("16"),
+    );
     let here = |fault| broken(Some(stream), Some(check.revision), Some(event_id), fault);
     if check.position != position {
         return Some(here(Fault::Position {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::{event, events};
 use ledger::{
-    APPEND_EVENTS_MAX, CurrentRevision, EVENT_BYTES_MAX, EmbeddedLog, EmbeddedOptions, EventLog,
-    ExpectedRevision, GENESIS_HASH, LedgerError, RecordedEvent,
+    ANSWER_BYTES_MAX, APPEND_EVENTS_MAX, CurrentRevision, EVENT_BYTES_MAX, EmbeddedLog,
+    EmbeddedOptions, EventLog, ExpectedRevision, GENESIS_HASH, LedgerError, RecordedEvent,
 };
 use uuid::Uuid;
 
@@ -261,6 +261,69 @@ async fn command_ids_are_idempotent(log: &dyn EventLog, prefix: &str) {
     assert_eq!(log.read_stream(&s, 0, 100).await.unwrap().len(), 3);
 }
 
+// AUD-4: the answer handed in with an append is what a later lookup of its command id gets,
+// the first one stays when the command is retried, and other streams or ids get nothing.
+async fn command_answers_are_kept(log: &dyn EventLog, prefix: &str) {
+    let s = stream(prefix, "license-answer");
+    let cmd = Uuid::new_v4();
+    let evs = events(2, "SeatAssigned");
+    assert_eq!(log.command_answer(&s, cmd).await.unwrap(), None);
+    let first = log
+        .append_answered(
+            &s,
+            ExpectedRevision::NoStream,
+            evs.clone(),
+            cmd,
+            Some(b"first answer".to_vec()),
+        )
+        .await
+        .unwrap();
+    let kept = log.command_answer(&s, cmd).await.unwrap().unwrap();
+    assert_eq!(kept.result, first);
+    assert_eq!(kept.answer, b"first answer");
+    let again = log
+        .append_answered(
+            &s,
+            ExpectedRevision::NoStream,
+            evs,
+            cmd,
+            Some(b"second answer".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        log.command_answer(&s, cmd).await.unwrap().unwrap().answer,
+        b"first answer"
+    );
+    assert_eq!(log.read_stream(&s, 0, 100).await.unwrap().len(), 2);
+    // Asked about another stream, or about an append made without an answer: nothing.
+    assert_eq!(
+        log.command_answer(&stream(prefix, "elsewhere"), cmd)
+            .await
+            .unwrap(),
+        None
+    );
+    let plain = Uuid::new_v4();
+    log.append(&s, ExpectedRevision::Any, events(1, "T"), plain)
+        .await
+        .unwrap();
+    assert_eq!(log.command_answer(&s, plain).await.unwrap(), None);
+    // An answer over the limit is refused with the append.
+    let err = log
+        .append_answered(
+            &s,
+            ExpectedRevision::Any,
+            events(1, "T"),
+            Uuid::new_v4(),
+            Some(vec![0; ANSWER_BYTES_MAX + 1]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidAppend(_)), "{err:?}");
+    assert_eq!(log.read_stream(&s, 0, 100).await.unwrap().len(), 3);
+}
+
 async fn limits_are_enforced(log: &dyn EventLog, prefix: &str) {
     let s = stream(prefix, "license-limits");
     let too_many = vec![event(5, "T"); APPEND_EVENTS_MAX + 1];
@@ -391,6 +454,7 @@ async fn run_suite(log: Arc<dyn EventLog>, traits: Traits) {
     expected_revisions_are_checked(log.as_ref(), &prefix).await;
     racing_appenders_one_wins(log.clone(), &prefix).await;
     command_ids_are_idempotent(log.as_ref(), &prefix).await;
+    command_answers_are_kept(log.as_ref(), &prefix).await;
     limits_are_enforced(log.as_ref(), &prefix).await;
     read_all_pages_in_order(log.as_ref(), &prefix, traits).await;
     subscription_has_no_gap_or_duplicate(log.clone(), &prefix).await;

@@ -20,6 +20,8 @@ const CRASH_SEEDS: u64 = 2000;
 struct Submitted {
     stream: String,
     events: Vec<NewEvent>,
+    /// The answer kept with the append (AUD-4), for some of them.
+    answer: Option<Vec<u8>>,
     acked: Option<AppendResult>,
 }
 
@@ -62,16 +64,18 @@ async fn workload(
                     .map(|_| common::event(rng.next_u64() as u128 | (w as u128) << 64, "T"))
                     .collect();
                 let cmd = Uuid::from_u128(rng.next_u64() as u128);
+                let answer = (rng.below(2) == 0).then(|| cmd.as_bytes().repeat(n));
                 submitted.lock().unwrap().insert(
                     cmd,
                     Submitted {
                         stream: stream.clone(),
                         events: events.clone(),
+                        answer: answer.clone(),
                         acked: None,
                     },
                 );
                 match log
-                    .append(&stream, ExpectedRevision::Any, events, cmd)
+                    .append_answered(&stream, ExpectedRevision::Any, events, cmd, answer)
                     .await
                 {
                     Ok(r) => submitted.lock().unwrap().get_mut(&cmd).unwrap().acked = Some(r),
@@ -175,6 +179,20 @@ async fn one_crash(seed: u64) {
     let report = log.verify().await.unwrap();
     assert!(report.first_break.is_none(), "seed {seed}: {report:?}");
     assert_eq!(report.events_checked, after.len() as u64);
+    // AUD-4: every acknowledged append made with an answer still has it, with its result,
+    // whether the index survived, fell behind or was rebuilt from the log.
+    for (cmd, sub) in &submitted {
+        let (Some(acked), Some(answer)) = (sub.acked, &sub.answer) else {
+            continue;
+        };
+        let kept = log
+            .command_answer(&sub.stream, *cmd)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("seed {seed}: the answer of {cmd} was lost"));
+        assert_eq!(kept.result, acked, "seed {seed}");
+        assert_eq!(&kept.answer, answer, "seed {seed}");
+    }
     // Retrying an acknowledged command after the crash writes nothing new.
     if let Some((cmd, sub)) = submitted.iter().find(|(_, s)| s.acked.is_some()) {
         let r = log

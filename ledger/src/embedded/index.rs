@@ -46,6 +46,9 @@ pub(crate) struct CommandRecord {
     pub stream: String,
     pub digest: [u8; 32],
     pub result: AppendResult,
+    /// The answer kept with the append, written under its own key (see
+    /// [`IndexStore::answer`]); [`IndexStore::command`] leaves it out.
+    pub answer: Option<Vec<u8>>,
 }
 
 /// How far the index reaches: the next position and where its record starts.
@@ -67,6 +70,7 @@ const TAG_POSITION: u8 = b'P';
 const TAG_STREAM: u8 = b'S';
 const TAG_HEAD: u8 = b'H';
 const TAG_COMMAND: u8 = b'C';
+const TAG_ANSWER: u8 = b'A';
 const KEY_CHECKPOINT: &[u8] = b"K";
 
 pub(crate) fn key_position(position: u64) -> Vec<u8> {
@@ -96,6 +100,12 @@ fn key_head(stream: &str) -> Vec<u8> {
 
 fn key_command(id: Uuid) -> Vec<u8> {
     let mut k = vec![TAG_COMMAND];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn key_answer(id: Uuid) -> Vec<u8> {
+    let mut k = vec![TAG_ANSWER];
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -143,6 +153,9 @@ impl IndexBatch {
         v.extend_from_slice(&rec.digest);
         v.extend_from_slice(rec.stream.as_bytes());
         self.kvs.push((key_command(id), v));
+        if let Some(answer) = &rec.answer {
+            self.kvs.push((key_answer(id), answer.clone()));
+        }
     }
 
     /// Finishes the batch with the checkpoint it brings the index to.
@@ -349,6 +362,12 @@ impl IndexStore {
             digest: v[24..56].try_into().expect("32"),
             stream: String::from_utf8(v[56..].to_vec())
                 .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
+            answer: None,
         }))
+    }
+
+    /// The answer kept with the append of command `id`, if it was made with one.
+    pub(crate) fn answer(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        self.get(&key_answer(id))
     }
 }

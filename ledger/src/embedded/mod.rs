@@ -204,7 +204,7 @@ fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<Recor
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let expected = from + out.len() as u64;
-        let Some((e, _, _)) = reader.next_record()? else {
+        let Some((e, _, _, _)) = reader.next_record()? else {
             return Err(LedgerError::Corrupt(format!(
                 "the log ends before committed position {expected}"
             )));
@@ -325,14 +325,15 @@ pub(crate) fn chain_fault(
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
-    async fn append(
+    async fn append_answered(
         &self,
         stream: &str,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
         command_id: Uuid,
+        answer: Option<Vec<u8>>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
+        validate_append(stream, &events, answer.as_deref())?;
         if let Some(e) = self.inner.shared.failure() {
             return Err(e);
         }
@@ -343,17 +344,40 @@ impl EventLog for EmbeddedLog {
             .expect("lock")
             .clone()
             .ok_or(LedgerError::Closed)?;
-        let (reply, answer) = oneshot::channel();
+        let (reply, replied) = oneshot::channel();
         let req = AppendRequest {
             digest: request_digest(stream, &events),
             stream: Arc::from(stream),
             expected,
             events,
             command_id,
+            answer,
             reply,
         };
         tx.send(req).await.map_err(|_| LedgerError::Closed)?;
-        answer.await.map_err(|_| LedgerError::Closed)?
+        replied.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    async fn command_answer(
+        &self,
+        stream: &str,
+        command_id: Uuid,
+    ) -> Result<Option<CommandAnswer>> {
+        // Two point reads, nearly always from sled's cache, so they run in place rather
+        // than on the blocking pool: this sits on the path of every command sent with an
+        // id. The index holds every acknowledged append, because the indexer applies a
+        // group's entries before the writer's answers go out.
+        let index = &self.inner.shared.index;
+        let Some(record) = index.command(command_id)? else {
+            return Ok(None);
+        };
+        if record.stream != stream {
+            return Ok(None);
+        }
+        Ok(index.answer(command_id)?.map(|answer| CommandAnswer {
+            result: record.result,
+            answer,
+        }))
     }
 
     async fn read_stream(

@@ -1,9 +1,14 @@
 //! Sequential and random reads of records from the segment files.
 
 use crate::embedded::index::Location;
-use crate::envelope::{DecodeError, RECORD_HEADER_BYTES, body_len, decode_record};
+use crate::envelope::{
+    DecodeError, RECORD_HEADER_BYTES, body_len, decode_record, decode_record_answered,
+};
 use crate::storage::Storage;
 use crate::types::{LedgerError, RecordedEvent};
+
+/// A record as a scan finds it: the event, its flags, where it starts and its answer.
+pub(crate) type ScannedRecord = (RecordedEvent, u8, Location, Option<Vec<u8>>);
 
 /// The first read of a sequential reader: small, because a live subscription often wants
 /// a single new event.
@@ -92,8 +97,9 @@ impl<'a> SegmentReader<'a> {
         Ok(n > 0)
     }
 
-    /// The next record with its flags and location, or `None` at the clean end of the data.
-    pub fn next_record(&mut self) -> Result<Option<(RecordedEvent, u8, Location)>, ScanError> {
+    /// The next record with its flags, location and the command's answer it keeps (if
+    /// any), or `None` at the clean end of the data.
+    pub fn next_record(&mut self) -> Result<Option<ScannedRecord>, ScanError> {
         loop {
             let avail = &self.buf[self.used..];
             let need = if avail.len() >= RECORD_HEADER_BYTES {
@@ -115,10 +121,10 @@ impl<'a> SegmentReader<'a> {
             };
             if avail.len() >= need {
                 let location = self.location();
-                return match decode_record(avail) {
-                    Ok((e, flags, used)) => {
+                return match decode_record_answered(avail) {
+                    Ok((e, flags, used, answer)) => {
                         self.used += used;
-                        Ok(Some((e, flags, location)))
+                        Ok(Some((e, flags, location, answer)))
                     }
                     Err(DecodeError::Bad(reason)) => Err(ScanError::Bad { location, reason }),
                     Err(DecodeError::Truncated) => unreachable!("enough bytes were buffered"),

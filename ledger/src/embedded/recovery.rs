@@ -73,7 +73,7 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
     let mut next_position = cp.next_position;
     let mut batch = IndexBatch::default();
     loop {
-        let (e, flags, location) = match reader.next_record() {
+        let (e, flags, location, answer) = match reader.next_record() {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(ScanError::Io(e)) => return Err(e.into()),
@@ -125,6 +125,7 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
         if flags & FLAG_LAST_OF_APPEND == 0 {
             continue;
         }
+        // The answer kept with the append, so that a retry after this restart gets it.
         // The append is complete: it survives, and goes into the index.
         let first_e = &pending[0].0;
         let last_e = &pending[pending.len() - 1].0;
@@ -138,6 +139,7 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
                 last_position: last_e.position,
                 next_expected_revision: last_e.revision,
             },
+            answer,
         };
         batch.add_command(first_e.command_id, &rec);
         for (e, loc) in &pending {

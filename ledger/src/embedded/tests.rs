@@ -50,7 +50,7 @@ fn tamper(disk: &SimDisk, index: &IndexStore, position: u64, change: impl Fn(&mu
     let (mut e, flags) = read_record_at(disk, loc).unwrap();
     change(&mut e);
     let mut buf = Vec::new();
-    encode_record(&mut buf, &e, flags);
+    encode_record(&mut buf, &e, flags, None);
     disk.overwrite(loc.segment, loc.offset as usize, &buf);
 }
 

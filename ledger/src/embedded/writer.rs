@@ -12,7 +12,9 @@ use uuid::Uuid;
 use super::index::{Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, Location};
 use super::recovery::Recovered;
 use super::{INDEX_QUEUE_GROUPS, Shared};
-use crate::envelope::{FLAG_LAST_OF_APPEND, encode_record, record_bytes, seal};
+use crate::envelope::{
+    FLAG_LAST_OF_APPEND, answer_record_bytes, encode_record, record_bytes, seal,
+};
 use crate::types::*;
 
 /// Once the writer's table of commands not yet indexed grows past this, it drops the
@@ -26,6 +28,8 @@ pub(crate) struct AppendRequest {
     pub events: Vec<NewEvent>,
     pub command_id: Uuid,
     pub digest: [u8; 32],
+    /// Kept in the append's last record (AUD-4), if the caller gave one.
+    pub answer: Option<Vec<u8>>,
     pub reply: oneshot::Sender<Result<AppendResult>>,
 }
 
@@ -259,8 +263,11 @@ impl Writer {
                 prev_hash,
                 ev,
             );
-            let flags = if i + 1 == n { FLAG_LAST_OF_APPEND } else { 0 };
-            encode_record(buf, &e, flags);
+            if i + 1 == n {
+                encode_record(buf, &e, FLAG_LAST_OF_APPEND, req.answer.as_deref());
+            } else {
+                encode_record(buf, &e, 0, None);
+            }
             batch.add_event(
                 &EventEntry {
                     position: self.next_position,
@@ -290,6 +297,7 @@ impl Writer {
             stream: req.stream.to_string(),
             digest: req.digest,
             result,
+            answer: req.answer.clone(),
         };
         batch.add_command(req.command_id, &rec);
         self.recent_commands.insert(req.command_id, rec);
@@ -317,7 +325,11 @@ impl Writer {
 }
 
 fn request_bytes(r: &AppendRequest) -> usize {
-    r.events.iter().map(|e| record_bytes(&r.stream, e)).sum()
+    r.events
+        .iter()
+        .map(|e| record_bytes(&r.stream, e))
+        .sum::<usize>()
+        + answer_record_bytes(r.answer.as_deref())
 }
 
 fn run_indexer(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncedGroup>) {
