@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::events::{Event, OuEntry, OuSyncCounts};
 use crate::values::{
@@ -160,7 +161,7 @@ pub enum DomainCommand {
 }
 
 /// ADD-1 and CSV `add` answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddSummary {
     pub added: u64,
     pub invited: u64,
@@ -168,7 +169,7 @@ pub struct AddSummary {
 }
 
 /// REM-1 and CSV `remove` answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveSummary {
     pub removed: u64,
     pub not_found: u64,
@@ -176,15 +177,16 @@ pub struct RemoveSummary {
 }
 
 /// Domain scans and roster syncs answer these counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AutomaticSummary {
     pub added: u64,
     pub waitlisted: u64,
     pub unchanged: u64,
 }
 
-/// What a decision answers besides its events.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a decision answers besides its events. Serializable because the server keeps it
+/// with the command's append, for a retry of the command to get it back (AUD-4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The command did what it said; nothing more to report.
     Done,

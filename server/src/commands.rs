@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::auth::{Tokens, random_token};
-use crate::core::{Core, CoreError, SecretKind};
+use crate::core::{CommandIds, Core, CoreError, SecretKind};
 use crate::idempotency::Outcomes;
 use crate::requests::{self, parse_license};
 use crate::status::{from_core, from_domain, invalid};
@@ -39,8 +39,28 @@ struct Call {
     actor: Actor,
     /// The client's command id, if it sent one (AUD-4).
     client_command_id: Option<String>,
-    command_id: Uuid,
-    correlation_id: Uuid,
+    /// The RPC's name, for metrics and the fingerprint; set by `fingerprinted`.
+    rpc: &'static str,
+    ids: CommandIds,
+}
+
+impl Call {
+    /// Names the RPC and, when the client sent a command id, fingerprints the request: the
+    /// actor, the RPC and the request's bytes. A retry must match it to get the first answer
+    /// back (AUD-4); the core keeps it with the command's append.
+    fn fingerprinted(mut self, rpc: &'static str, request: &[u8]) -> Call {
+        self.rpc = rpc;
+        if self.client_command_id.is_some() {
+            let mut hasher = Sha256::new();
+            hasher.update(self.actor.to_string().as_bytes());
+            hasher.update([0]);
+            hasher.update(rpc.as_bytes());
+            hasher.update([0]);
+            hasher.update(request);
+            self.ids.fingerprint = Some(hasher.finalize().into());
+        }
+        self
+    }
 }
 
 /// Runs a decision on a task of its own and waits for its answer. tonic drops a handler's
@@ -104,26 +124,25 @@ impl CommandService {
         Ok(Call {
             actor,
             client_command_id,
-            command_id,
-            correlation_id,
+            rpc: "unnamed",
+            ids: CommandIds {
+                command_id,
+                correlation_id,
+                fingerprint: None,
+            },
         })
     }
 
     /// AUD-4: a command retried with the same id gets its first answer back and appends
     /// nothing; the same id for a different command is FAILED_PRECONDITION.
-    async fn once<R, F>(
-        &self,
-        call: &Call,
-        rpc: &str,
-        request: &[u8],
-        run: F,
-    ) -> Result<Response<R>, Status>
+    async fn once<R, F>(&self, call: &Call, run: F) -> Result<Response<R>, Status>
     where
         R: Message + Default,
         F: std::future::Future<Output = Result<R, Status>>,
     {
         let started = std::time::Instant::now();
-        let answer = self.once_inner(call, rpc, request, run).await;
+        let rpc = call.rpc;
+        let answer = self.once_inner(call, run).await;
         let outcome = match &answer {
             Ok(_) => "ok".to_owned(),
             Err(status) => format!("{:?}", status.code()),
@@ -133,27 +152,18 @@ impl CommandService {
         answer
     }
 
-    async fn once_inner<R, F>(
-        &self,
-        call: &Call,
-        rpc: &str,
-        request: &[u8],
-        run: F,
-    ) -> Result<Response<R>, Status>
+    /// The answers cache is the fast path; what makes AUD-4 hold across a crash is the
+    /// answer the core keeps with the command's append in the log (`CommandIds`), which
+    /// this cache may not have synced. A command that appended nothing has no answer to
+    /// keep: retried after a restart, it is decided again, and still appends at most once.
+    async fn once_inner<R, F>(&self, call: &Call, run: F) -> Result<Response<R>, Status>
     where
         R: Message + Default,
         F: std::future::Future<Output = Result<R, Status>>,
     {
-        let Some(id) = &call.client_command_id else {
+        let (Some(id), Some(fingerprint)) = (&call.client_command_id, call.ids.fingerprint) else {
             return run.await.map(Response::new);
         };
-        let mut hasher = Sha256::new();
-        hasher.update(call.actor.to_string().as_bytes());
-        hasher.update([0]);
-        hasher.update(rpc.as_bytes());
-        hasher.update([0]);
-        hasher.update(request);
-        let fingerprint: [u8; 32] = hasher.finalize().into();
         if let Some(stored) = self
             .outcomes
             .get(id)
@@ -169,9 +179,11 @@ impl CommandService {
             return Ok(Response::new(reply));
         }
         let reply = run.await?;
-        self.outcomes
-            .put(id, fingerprint, &reply.encode_to_vec())
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        // The command is done and its answer is in the log with its events; a cache that
+        // cannot take it must not turn that success into an error.
+        if let Err(error) = self.outcomes.put(id, fingerprint, &reply.encode_to_vec()) {
+            tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
+        }
         Ok(Response::new(reply))
     }
 
@@ -183,9 +195,9 @@ impl CommandService {
     ) -> Result<(Outcome, u64), Status> {
         let core = Arc::clone(&self.core);
         let (id, actor) = (id.to_owned(), call.actor.clone());
-        let (command_id, correlation_id) = (call.command_id, call.correlation_id);
+        let ids = call.ids;
         to_completion(async move {
-            core.execute_license(&id, &actor, &command, command_id, correlation_id)
+            core.execute_license(&id, &actor, &command, ids)
                 .await
                 .map_err(from_core)
         })
@@ -201,11 +213,10 @@ impl CommandService {
         claim: Option<bool>,
     ) -> Result<CommandReply, Status> {
         let core = Arc::clone(&self.core);
-        let (actor, command_id, correlation_id) =
-            (call.actor.clone(), call.command_id, call.correlation_id);
+        let (actor, ids) = (call.actor.clone(), call.ids);
         to_completion(async move {
             let position = core
-                .execute_claim(&license, &domain, claim, &actor, command_id, correlation_id)
+                .execute_claim(&license, &domain, claim, &actor, ids)
                 .await
                 .map_err(from_core)?;
             Ok(CommandReply { position })
@@ -328,6 +339,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<AddUsersReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("AddUsersByEmail", &bytes);
         let (license, emails, invalid_entries) = requests::add_users_by_email(request.get_ref())?;
         let run = async {
             let command = LicenseCommand::AddUsers {
@@ -346,7 +358,7 @@ impl LicenseCommands for CommandService {
                 invalid: invalid_entries,
             })
         };
-        self.once(&call, "AddUsersByEmail", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn import_csv(
@@ -417,6 +429,7 @@ impl LicenseCommands for CommandService {
         drain(&mut rows, &mut emails, &mut errors);
         let license = parse_license(&start.license)?;
         let fingerprint_input: [u8; 32] = hasher.finalize().into();
+        let call = call.fingerprinted("ImportCsv", &fingerprint_input);
         let run = async {
             let command = if remove {
                 LicenseCommand::RemoveUsers { emails }
@@ -455,7 +468,7 @@ impl LicenseCommands for CommandService {
             }
             Ok(reply)
         };
-        self.once(&call, "ImportCsv", &fingerprint_input, run).await
+        self.once(&call, run).await
     }
 
     async fn remove_users(
@@ -464,6 +477,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<RemoveUsersReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("RemoveUsers", &bytes);
         // An entry that is not an email cannot be a member: it is not found.
         let (license, emails, not_emails) = requests::remove_users(request.get_ref())?;
         let run = async {
@@ -484,7 +498,7 @@ impl LicenseCommands for CommandService {
                 will_return: s.will_return,
             })
         };
-        self.once(&call, "RemoveUsers", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn accept_invite(
@@ -578,6 +592,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<UnlinkOuReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("UnlinkOu", &bytes);
         let license = parse_license(&request.into_inner().license)?;
         let run = async {
             let (outcome, position) = self
@@ -589,7 +604,7 @@ impl LicenseCommands for CommandService {
             };
             Ok(UnlinkOuReply { position, removed })
         };
-        self.once(&call, "UnlinkOu", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn sync_ou(
@@ -598,6 +613,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<OuSyncReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("SyncOu", &bytes);
         let (license, entries) = requests::sync_ou(request.get_ref())?;
         let run = async {
             let (outcome, position) = self
@@ -605,7 +621,7 @@ impl LicenseCommands for CommandService {
                 .await?;
             Ok(ou_sync_reply(outcome, position))
         };
-        self.once(&call, "SyncOu", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn confirm_ou_sync(
@@ -614,6 +630,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<OuSyncReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("ConfirmOuSync", &bytes);
         let license = parse_license(&request.into_inner().license)?;
         let run = async {
             let (outcome, position) = self
@@ -621,7 +638,7 @@ impl LicenseCommands for CommandService {
                 .await?;
             Ok(ou_sync_reply(outcome, position))
         };
-        self.once(&call, "ConfirmOuSync", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn claim_domain(
@@ -630,10 +647,11 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("ClaimDomain", &bytes);
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
         let run = self.claim(&call, license, domain, Some(r.dedicated));
-        self.once(&call, "ClaimDomain", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn release_domain(
@@ -642,10 +660,11 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("ReleaseDomain", &bytes);
         let r = request.into_inner();
         let (domain, license) = requests::domain_claim(&r.domain, &r.license)?;
         let run = self.claim(&call, license, domain, None);
-        self.once(&call, "ReleaseDomain", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn user_signed_up(
@@ -654,6 +673,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<LicenseNameReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("UserSignedUp", &bytes);
         let (email, role) = requests::user_signed_up(request.get_ref())?;
         require_integration(&call.actor)?;
         let run = async {
@@ -675,7 +695,7 @@ impl LicenseCommands for CommandService {
                 },
             })
         };
-        self.once(&call, "UserSignedUp", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn scan_domain(
@@ -684,6 +704,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<AutomaticReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("ScanDomain", &bytes);
         let (domain, accounts) = requests::scan_domain(request.get_ref())?;
         require_integration(&call.actor)?;
         let run = async {
@@ -699,7 +720,7 @@ impl LicenseCommands for CommandService {
                 .await?;
             Ok(automatic_reply(outcome, position))
         };
-        self.once(&call, "ScanDomain", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn assignment_opened(
@@ -708,6 +729,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<LicenseNameReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("AssignmentOpened", &bytes);
         let r = request.into_inner();
         let (teacher, student, lms) = requests::assignment_opened(&r)?;
         require_integration(&call.actor)?;
@@ -733,7 +755,7 @@ impl LicenseCommands for CommandService {
                 },
             })
         };
-        self.once(&call, "AssignmentOpened", &bytes, run).await
+        self.once(&call, run).await
     }
 
     async fn sync_classroom_roster(
@@ -742,6 +764,7 @@ impl LicenseCommands for CommandService {
     ) -> Result<Response<AutomaticReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted("SyncClassroomRoster", &bytes);
         let r = request.into_inner();
         let (license, students) = requests::sync_classroom_roster(&r)?;
         let run = async {
@@ -752,7 +775,7 @@ impl LicenseCommands for CommandService {
             let (outcome, position) = self.license(&call, license.as_str(), command).await?;
             Ok(automatic_reply(outcome, position))
         };
-        self.once(&call, "SyncClassroomRoster", &bytes, run).await
+        self.once(&call, run).await
     }
 }
 
@@ -760,7 +783,7 @@ impl CommandService {
     async fn simple(
         &self,
         request: Request<LicenseRef>,
-        rpc: &str,
+        rpc: &'static str,
         command: LicenseCommand,
     ) -> Result<Response<CommandReply>, Status> {
         self.on_license(request, rpc, |r| Ok((parse_license(&r.license)?, command)))
@@ -773,19 +796,15 @@ impl CommandService {
     async fn on_license<M: Message>(
         &self,
         request: Request<M>,
-        rpc: &str,
+        rpc: &'static str,
         parse: impl FnOnce(M) -> Result<(LicenseId, LicenseCommand), Status>,
     ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted(rpc, &bytes);
         let (license, command) = parse(request.into_inner())?;
-        self.once(
-            &call,
-            rpc,
-            &bytes,
-            self.plain(&call, license.as_str(), command),
-        )
-        .await
+        self.once(&call, self.plain(&call, license.as_str(), command))
+            .await
     }
 
     async fn domain_admin(
@@ -795,47 +814,46 @@ impl CommandService {
     ) -> Result<Response<CommandReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
-        let (domain, command) = requests::domain_admin(request.get_ref(), grant)?;
         let rpc = if grant {
             "GrantDomainAdmin"
         } else {
             "RevokeDomainAdmin"
         };
+        let call = call.fingerprinted(rpc, &bytes);
+        let (domain, command) = requests::domain_admin(request.get_ref(), grant)?;
         let core = Arc::clone(&self.core);
-        let (actor, command_id, correlation_id) =
-            (call.actor.clone(), call.command_id, call.correlation_id);
+        let (actor, ids) = (call.actor.clone(), call.ids);
         let run = to_completion(async move {
             let position = core
-                .execute_domain(&domain, &actor, &command, command_id, correlation_id)
+                .execute_domain(&domain, &actor, &command, ids)
                 .await
                 .map_err(from_core)?;
             Ok(CommandReply { position })
         });
-        self.once(&call, rpc, &bytes, run).await
+        self.once(&call, run).await
     }
 
     /// KEY-1, LINK-1: the two ways in by a secret differ only in the request's field.
     async fn redeem<M: Message>(
         &self,
         request: Request<M>,
-        rpc: &str,
+        rpc: &'static str,
         kind: SecretKind,
         secret_of: impl FnOnce(M) -> String,
     ) -> Result<Response<JoinReply>, Status> {
         let call = self.call(&request)?;
         let bytes = request.get_ref().encode_to_vec();
+        let call = call.fingerprinted(rpc, &bytes);
         let secret = secret_of(request.into_inner());
-        self.once(&call, rpc, &bytes, self.join(&call, &secret, kind))
-            .await
+        self.once(&call, self.join(&call, &secret, kind)).await
     }
 
     async fn join(&self, call: &Call, secret: &str, kind: SecretKind) -> Result<JoinReply, Status> {
         let core = Arc::clone(&self.core);
         let secret = secret.to_owned();
-        let (actor, command_id, correlation_id) =
-            (call.actor.clone(), call.command_id, call.correlation_id);
+        let (actor, ids) = (call.actor.clone(), call.ids);
         let (license, outcome, position) = to_completion(async move {
-            core.redeem(&secret, kind, &actor, command_id, correlation_id)
+            core.redeem(&secret, kind, &actor, ids)
                 .await
                 .map_err(|error| match error {
                     CoreError::Domain(error) => from_domain(&error),

@@ -55,6 +55,61 @@ pub fn secret_hash(secret: &Secret) -> [u8; 32] {
     Sha256::digest(secret.expose().as_bytes()).into()
 }
 
+/// The ids a command carries into the core.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandIds {
+    /// The ledger's command id: derived from the client's `x-command-id`, or fresh.
+    pub command_id: Uuid,
+    pub correlation_id: Uuid,
+    /// Set when the client sent a command id: a digest of who sent which request. The core
+    /// keeps it with the command's outcome in the command's last append (AUD-4), so that a
+    /// retry, even after a crash, gets the first outcome back, and the same id sent with
+    /// another request is refused.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl CommandIds {
+    /// Fresh ids for a command no client will retry (tests, internal commands).
+    pub fn fresh() -> CommandIds {
+        let command_id = Uuid::new_v4();
+        CommandIds {
+            command_id,
+            correlation_id: command_id,
+            fingerprint: None,
+        }
+    }
+}
+
+/// What a license append is tagged with besides its events: the ids and, for a command
+/// sent with a client's id, its encoded answer.
+struct AppendTags {
+    command_id: Uuid,
+    correlation_id: Uuid,
+    answer: Option<Vec<u8>>,
+}
+
+/// The format of a kept answer: version, fingerprint, MessagePack of the outcome.
+const ANSWER_FORMAT_VERSION: u8 = 1;
+
+fn encode_answer(fingerprint: &[u8; 32], outcome: &Outcome) -> Vec<u8> {
+    let mut answer = vec![ANSWER_FORMAT_VERSION];
+    answer.extend_from_slice(fingerprint);
+    let encoded = rmp_serde::to_vec(outcome).expect("an outcome of plain values encodes");
+    answer.extend_from_slice(&encoded);
+    answer
+}
+
+fn decode_answer(answer: &[u8]) -> Result<([u8; 32], Outcome), CoreError> {
+    let unreadable = |why: &str| CoreError::Decode(format!("a kept command answer {why}"));
+    let (&version, rest) = answer.split_first().ok_or_else(|| unreadable("is empty"))?;
+    if version != ANSWER_FORMAT_VERSION || rest.len() < 32 {
+        return Err(unreadable("has an unknown format"));
+    }
+    let (fingerprint, outcome) = rest.split_at(32);
+    let outcome = rmp_serde::from_slice(outcome).map_err(|_| unreadable("cannot be decoded"))?;
+    Ok((fingerprint.try_into().expect("32 bytes"), outcome))
+}
+
 /// Why a command could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -657,9 +712,13 @@ impl Core {
         entry: &mut Entry<License>,
         events: Vec<Event>,
         meta: &EventMeta,
-        command_id: Uuid,
-        correlation_id: Uuid,
+        tags: AppendTags,
     ) -> Result<u64, CoreError> {
+        let AppendTags {
+            command_id,
+            correlation_id,
+            mut answer,
+        } = tags;
         let mut last_position = 0;
         let chunks_count = events.len().div_ceil(ledger::APPEND_EVENTS_MAX);
         let mut events = events.into_iter();
@@ -667,17 +726,26 @@ impl Core {
             // Each chunk is dropped once applied, so a very large decision does not hold
             // its events and their encodings all at once.
             let chunk: Vec<Event> = events.by_ref().take(ledger::APPEND_EVENTS_MAX).collect();
-            // Each chunk of a very large decision is its own append; its id derives from
-            // the command's so that a retried chunk is recognised by the ledger.
-            let chunk_id = if index == 0 {
-                command_id
+            // Each chunk of a very large decision is its own append. The last one carries
+            // the command's id and its answer, so that the id finds the whole command's
+            // result (AUD-4); the others' ids derive from it, so that the ledger still
+            // recognises a retried chunk.
+            let last_chunk = index + 1 == chunks_count;
+            let (chunk_id, chunk_answer) = if last_chunk {
+                (command_id, answer.take())
             } else {
-                Uuid::new_v5(&command_id, &index.to_be_bytes())
+                (Uuid::new_v5(&command_id, &index.to_be_bytes()), None)
             };
             let new_events = Self::new_events(&chunk, meta, correlation_id);
             let result = self
                 .log
-                .append(&license_stream(id), entry.expected(), new_events, chunk_id)
+                .append_answered(
+                    &license_stream(id),
+                    entry.expected(),
+                    new_events,
+                    chunk_id,
+                    chunk_answer,
+                )
                 .await?;
             let expected_last = entry.revision.map_or(0, |r| r + 1) + chunk.len() as u64 - 1;
             if result.next_expected_revision != expected_last {
@@ -699,14 +767,41 @@ impl Core {
         Ok(last_position)
     }
 
+    /// AUD-4: the outcome kept with an earlier append of this command, if there is one.
+    /// A kept outcome of another request under the same id is FAILED_PRECONDITION.
+    async fn answered(
+        &self,
+        stream: &str,
+        command_id: Uuid,
+        ids: CommandIds,
+    ) -> Result<Option<(Outcome, u64)>, CoreError> {
+        let Some(fingerprint) = ids.fingerprint else {
+            return Ok(None);
+        };
+        let Some(kept) = self.log.command_answer(stream, command_id).await? else {
+            return Ok(None);
+        };
+        let (kept_fingerprint, outcome) = decode_answer(&kept.answer)?;
+        if kept_fingerprint != fingerprint {
+            return Err(LedgerError::CommandIdReused {
+                command_id,
+                stream: stream.to_owned(),
+            }
+            .into());
+        }
+        Ok(Some((
+            outcome,
+            crate::projector::api_position(kept.result.last_position),
+        )))
+    }
+
     /// Decides a command on one license and appends its events.
     pub async fn execute_license(
         &self,
         id: &str,
         actor: &Actor,
         command: &LicenseCommand,
-        command_id: Uuid,
-        correlation_id: Uuid,
+        ids: CommandIds,
     ) -> Result<(Outcome, u64), CoreError> {
         let shared = match command {
             LicenseCommand::Issue { .. } => self.license_entry(id),
@@ -724,6 +819,14 @@ impl Core {
             },
         };
         let mut entry = shared.lock().await;
+        // Under the stream's lock, so that a retry racing its own first attempt waits for it
+        // and then finds its answer.
+        if let Some(answered) = self
+            .answered(&license_stream(id), ids.command_id, ids)
+            .await?
+        {
+            return Ok(answered);
+        }
         for _ in 0..CONFLICT_RETRIES_MAX {
             let context = self.context(actor);
             let decision = entry.aggregate.handle(command, &context)?;
@@ -734,14 +837,20 @@ impl Core {
                 at: context.now,
                 actor: actor.clone(),
             };
+            let answer = ids
+                .fingerprint
+                .map(|fingerprint| encode_answer(&fingerprint, &decision.outcome));
             match self
                 .append_license(
                     id,
                     &mut entry,
                     decision.events,
                     &meta,
-                    command_id,
-                    correlation_id,
+                    AppendTags {
+                        command_id: ids.command_id,
+                        correlation_id: ids.correlation_id,
+                        answer,
+                    },
                 )
                 .await
             {
@@ -761,11 +870,19 @@ impl Core {
         name: &DomainName,
         actor: &Actor,
         command: &DomainCommand,
-        command_id: Uuid,
-        correlation_id: Uuid,
+        ids: CommandIds,
     ) -> Result<u64, CoreError> {
         let shared = self.domain_entry(name);
         let mut entry = shared.lock().await;
+        if let Some((_, position)) = self
+            .answered(&domain_stream(name), ids.command_id, ids)
+            .await?
+        {
+            return Ok(position);
+        }
+        let answer = ids
+            .fingerprint
+            .map(|fingerprint| encode_answer(&fingerprint, &Outcome::Done));
         for _ in 0..CONFLICT_RETRIES_MAX {
             let context = self.context(actor);
             let decision = entry.aggregate.handle(command, &context)?;
@@ -776,14 +893,15 @@ impl Core {
                 at: context.now,
                 actor: actor.clone(),
             };
-            let new_events = Self::new_events(&decision.events, &meta, correlation_id);
+            let new_events = Self::new_events(&decision.events, &meta, ids.correlation_id);
             match self
                 .log
-                .append(
+                .append_answered(
                     &domain_stream(name),
                     entry.expected(),
                     new_events,
-                    command_id,
+                    ids.command_id,
+                    answer.clone(),
                 )
                 .await
             {
@@ -815,9 +933,15 @@ impl Core {
         domain: &DomainName,
         claim: Option<bool>,
         actor: &Actor,
-        command_id: Uuid,
-        correlation_id: Uuid,
+        ids: CommandIds,
     ) -> Result<u64, CoreError> {
+        let CommandIds {
+            command_id,
+            correlation_id,
+            fingerprint,
+        } = ids;
+        // The license's append ends the command, so it keeps the answer (AUD-4).
+        let license_command_id = Uuid::new_v5(&command_id, b"license");
         let license_command = match claim {
             Some(dedicated) => LicenseCommand::ClaimDomain {
                 domain: domain.clone(),
@@ -834,6 +958,12 @@ impl Core {
         let domain_shared = self.domain_entry(domain);
         let mut domain_entry = domain_shared.lock().await;
         let mut license_entry = license_shared.lock().await;
+        if let Some((_, position)) = self
+            .answered(&license_stream(license.as_str()), license_command_id, ids)
+            .await?
+        {
+            return Ok(position);
+        }
         let context = self.context(actor);
         let license_decision = license_entry.aggregate.handle(&license_command, &context)?;
         let domain_command = match claim {
@@ -863,15 +993,18 @@ impl Core {
         }
         domain_entry.revision = Some(result.next_expected_revision);
         self.applied_up_to(result.last_position);
-        let license_command_id = Uuid::new_v5(&command_id, b"license");
+        let answer = fingerprint.map(|fingerprint| encode_answer(&fingerprint, &Outcome::Done));
         match self
             .append_license(
                 license.as_str(),
                 &mut license_entry,
                 license_decision.events,
                 &meta,
-                license_command_id,
-                correlation_id,
+                AppendTags {
+                    command_id: license_command_id,
+                    correlation_id,
+                    answer,
+                },
             )
             .await
         {
@@ -919,8 +1052,7 @@ impl Core {
         secret: &str,
         kind: SecretKind,
         actor: &Actor,
-        command_id: Uuid,
-        correlation_id: Uuid,
+        ids: CommandIds,
     ) -> Result<(String, Outcome, u64), CoreError> {
         let now = self.clock.now();
         lock(&self.throttle).check(actor, now)?;
@@ -946,10 +1078,7 @@ impl Core {
             SecretKind::Key => LicenseCommand::RedeemKey { key: presented },
             SecretKind::Link => LicenseCommand::JoinViaLink { token: presented },
         };
-        match self
-            .execute_license(&id, actor, &command, command_id, correlation_id)
-            .await
-        {
+        match self.execute_license(&id, actor, &command, ids).await {
             Ok((outcome, position)) => Ok((id, outcome, position)),
             Err(CoreError::Domain(DomainError::NotFound(_))) => {
                 // Rotated between the lookup and the decision: still a wrong secret.
@@ -1016,10 +1145,10 @@ impl Core {
 mod tests {
     use std::sync::Arc;
 
+    use super::CommandIds;
     use chrono::{DateTime, Utc};
     use domain::{Actor, AdminChannel, Email, LicenseCommand, LicenseId, LicenseType, Secret};
     use ledger::{EmbeddedLog, EmbeddedOptions, EventLog};
-    use uuid::Uuid;
 
     use super::Core;
     use crate::clock::ManualClock;
@@ -1045,15 +1174,9 @@ mod tests {
             key: Secret::new(format!("{license}-key-{}", "k".repeat(24))).unwrap(),
             link: Secret::new("l".repeat(24)).unwrap(),
         };
-        core.execute_license(
-            license,
-            &Actor::Staff,
-            &issue,
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-        )
-        .await
-        .unwrap();
+        core.execute_license(license, &Actor::Staff, &issue, CommandIds::fresh())
+            .await
+            .unwrap();
         add(core, license, emails).await;
     }
 
@@ -1062,15 +1185,9 @@ mod tests {
             emails: emails.iter().map(|e| Email::parse(e).unwrap()).collect(),
             channel: AdminChannel::EmailList,
         };
-        core.execute_license(
-            license,
-            &Actor::Staff,
-            &command,
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-        )
-        .await
-        .unwrap();
+        core.execute_license(license, &Actor::Staff, &command, CommandIds::fresh())
+            .await
+            .unwrap();
     }
 
     async fn users(core: &Core, license: &str) -> Option<u64> {

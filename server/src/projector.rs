@@ -138,11 +138,11 @@ async fn follow(log: Arc<dyn EventLog>, projections: Arc<Projections>) -> Result
 mod tests {
     use std::sync::Arc;
 
+    use crate::core::CommandIds;
     use chrono::{DateTime, Utc};
     use domain::{Actor, AdminChannel, Email, LicenseCommand, LicenseId, LicenseType, Secret};
     use ledger::{EmbeddedLog, EmbeddedOptions, EventLog};
     use projections::Projections;
-    use uuid::Uuid;
 
     use super::*;
     use crate::clock::ManualClock;
@@ -178,7 +178,7 @@ mod tests {
             key: Secret::new("k".repeat(24)).unwrap(),
             link: Secret::new("l".repeat(24)).unwrap(),
         };
-        core.execute_license("L1", &Actor::Staff, &issue, Uuid::new_v4(), Uuid::new_v4())
+        core.execute_license("L1", &Actor::Staff, &issue, CommandIds::fresh())
             .await
             .unwrap();
         let add = LicenseCommand::AddUsers {
@@ -188,7 +188,7 @@ mod tests {
             ],
             channel: AdminChannel::EmailList,
         };
-        core.execute_license("L1", &Actor::Staff, &add, Uuid::new_v4(), Uuid::new_v4())
+        core.execute_license("L1", &Actor::Staff, &add, CommandIds::fresh())
             .await
             .unwrap();
         let events: Vec<_> = log

@@ -68,7 +68,7 @@ async fn main() -> ExitCode {
     let started = Instant::now();
     let mut lost = 0usize;
     let mut failed_runs = 0u64;
-    let (mut acknowledged, mut unanswered, mut changed_answers) = (0usize, 0usize, 0usize);
+    let (mut acknowledged, mut unanswered) = (0usize, 0usize);
     for run in 0..runs {
         let run_options = CrashOptions {
             seed: options.seed.wrapping_add(run),
@@ -80,7 +80,6 @@ async fn main() -> ExitCode {
                 lost += report.lost.len();
                 acknowledged += report.acknowledged;
                 unanswered += report.unanswered;
-                changed_answers += report.changed_answers.len();
                 if !report.is_clean() {
                     failed_runs += 1;
                 }
@@ -99,11 +98,6 @@ async fn main() -> ExitCode {
         "{runs} runs, {lost} lost ({acknowledged} acknowledged and {unanswered} unanswered commands checked; {failed_runs} runs with findings; {:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    if changed_answers > 0 {
-        println!(
-            "known gap (AUD-4): {changed_answers} acknowledged commands retried after the SIGKILL got another answer than their first (they appended nothing more)"
-        );
-    }
     if failed_runs == 0 {
         ExitCode::SUCCESS
     } else {

@@ -11,10 +11,8 @@
 //! - a refused command appended nothing;
 //! - a command retried after the restart was applied at most once;
 //! - a retried acknowledged command appended nothing more (its events are still one
-//!   append); whether it got its first *answer* back is reported apart, in
-//!   `changed_answers`: the server keeps answers in a sled cache that is not synced before
-//!   the answer, so a SIGKILL loses the last ones (a known gap of AUD-4, see README
-//!   "Reliability");
+//!   append) and got its first answer back (AUD-4: the answer is kept in the log with the
+//!   command's last append, under the same fdatasync);
 //! - `replay-tool verify` finds every hash chain intact;
 //! - the live projections, caught up with the log, have the digests of a rebuild from it.
 
@@ -89,12 +87,9 @@ pub struct CrashReport {
     /// Acknowledged commands whose events are not in the log exactly once.
     pub lost: Vec<String>,
     /// Every other broken promise: refused commands that appended, retries applied twice,
-    /// differing retry answers, broken chains, digests that differ.
+    /// acknowledged commands that got another answer when retried after the restart,
+    /// broken chains, digests that differ.
     pub problems: Vec<String>,
-    /// Acknowledged commands that, retried with the same id after the restart, got another
-    /// answer than the first (AUD-4's "gets its first outcome back" after a SIGKILL). They
-    /// appended nothing more; that part is judged in `lost`.
-    pub changed_answers: Vec<String>,
 }
 
 impl CrashReport {
@@ -107,7 +102,7 @@ impl fmt::Display for CrashReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: killed after {} acknowledgements; {} sent, {} acknowledged, {} refused, {} unanswered; {} events; {} lost, {} other problems, {} retried acknowledged commands answered differently",
+            "seed {}: killed after {} acknowledgements; {} sent, {} acknowledged, {} refused, {} unanswered; {} events; {} lost, {} other problems",
             self.seed,
             self.kill_after_acknowledgements,
             self.sent,
@@ -116,17 +111,13 @@ impl fmt::Display for CrashReport {
             self.unanswered,
             self.events,
             self.lost.len(),
-            self.problems.len(),
-            self.changed_answers.len()
+            self.problems.len()
         )?;
         for lost in &self.lost {
             write!(f, "\n  LOST: {lost}")?;
         }
         for problem in &self.problems {
             write!(f, "\n  PROBLEM: {problem}")?;
-        }
-        for changed in &self.changed_answers {
-            write!(f, "\n  changed answer: {changed}")?;
         }
         Ok(())
     }
@@ -518,7 +509,7 @@ fn judge(
                 if let Some(retry) = retries.get(&command.command_id)
                     && retry != &command.answer
                 {
-                    report.changed_answers.push(format!(
+                    report.problems.push(format!(
                         "AUD-4: {what} retried after the restart got {retry:?}, not its first answer {:?}",
                         command.answer
                     ));

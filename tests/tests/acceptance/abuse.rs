@@ -879,8 +879,9 @@ struct Flood {
     unavailable: usize,
     /// The refused connection closed under the client before its call was answered: tonic
     /// reports that as Cancelled ("operation was canceled"), Unknown ("transport error") or
-    /// Internal ("h2 protocol error"), at once, never after a wait.
-    dropped: usize,
+    /// Internal ("h2 protocol error"), at once, never after a wait. Kept whole, so that a
+    /// failure shows what the clients saw.
+    dropped: Vec<String>,
     /// Anything else (a timeout, a wrong answer): never acceptable.
     unclean: Vec<String>,
 }
@@ -925,7 +926,9 @@ async fn flood(address: &str) -> Flood {
                 Code::Cancelled | Code::Unknown | Code::Internal
                     if !status.message().contains("Timeout") =>
                 {
-                    flood.dropped += 1
+                    flood
+                        .dropped
+                        .push(format!("{:?}: {}", status.code(), status.message()))
                 }
                 _ => flood.unclean.push(format!("{status:?}")),
             },

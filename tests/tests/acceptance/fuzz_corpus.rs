@@ -266,8 +266,18 @@ fn envelope_seeds() -> Vec<(String, Vec<u8>)> {
             hash: [0; 32],
         };
         let mut record = vec![0];
-        record.extend(ledger::fuzz_checks::encode_record_body(&event, 1));
+        record.extend(ledger::fuzz_checks::encode_record_body(&event, 1, None));
         seeds.push(named(&format!("record-{event_type}"), record));
+        if index == 0 {
+            // The last record of an append may keep its command's answer (AUD-4).
+            let mut answered = vec![0];
+            answered.extend(ledger::fuzz_checks::encode_record_body(
+                &event,
+                1,
+                Some(b"\x01answer"),
+            ));
+            seeds.push(named("record-answered", answered));
+        }
         let mut direct = vec![2, type_index as u8];
         direct.extend_from_slice(&version.to_be_bytes());
         direct.extend_from_slice(&payload);

@@ -216,6 +216,111 @@ async fn acknowledged_commands_and_command_ids_survive_a_restart() {
     server.stop().await;
 }
 
+/// The answers of commands sent with `x-command-id`, one per command path of the core:
+/// a license command, an email-domain command and a two-stream claim.
+struct KeptAnswers {
+    issue: proto::CommandReply,
+    add: proto::AddUsersReply,
+    grant: proto::CommandReply,
+    claim: proto::CommandReply,
+}
+
+async fn send_with_ids(commands: &mut LicenseCommandsClient<Channel>) -> KeptAnswers {
+    let issue = commands
+        .issue_license(with_header(
+            request(issue("D1", "district", 5), None),
+            "x-command-id",
+            "issue-d1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let add = commands
+        .add_users_by_email(with_header(
+            request(add("D1", "a@north.edu, b@north.edu"), None),
+            "x-command-id",
+            "add-ab",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = commands
+        .grant_domain_admin(with_header(
+            request(
+                proto::DomainAdminRequest {
+                    domain: "north.edu".into(),
+                    email: "it@north.edu".into(),
+                },
+                None,
+            ),
+            "x-command-id",
+            "grant-it",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let claim = commands
+        .claim_domain(with_header(
+            request(
+                proto::ClaimDomainRequest {
+                    license: "D1".into(),
+                    domain: "north.edu".into(),
+                    dedicated: false,
+                },
+                None,
+            ),
+            "x-command-id",
+            "claim-north",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    KeptAnswers {
+        issue,
+        add,
+        grant,
+        claim,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_answers_survive_losing_the_answers_cache() {
+    // AUD-4: the first answer of a command is kept in the log with its append, so a retry
+    // gets it back even when everything beside the log is gone, as after a crash that the
+    // server's caches did not survive. A different request under a used id stays refused.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Limits::default()).await;
+    let first = send_with_ids(&mut server.commands().await).await;
+    assert_eq!((first.add.added, first.add.invited), (2, 0));
+    server.stop().await;
+    // The server's own store (answers cache, snapshots) and the projections are derived:
+    // without them the server rebuilds from the log.
+    std::fs::remove_dir_all(dir.path().join("server")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("projections")).unwrap();
+
+    let server = Server::start(dir.path(), Limits::default()).await;
+    let mut commands = server.commands().await;
+    let retried = send_with_ids(&mut commands).await;
+    assert_eq!(retried.issue, first.issue, "IssueLicense");
+    assert_eq!(
+        retried.add, first.add,
+        "AddUsersByEmail, counts and position"
+    );
+    assert_eq!(retried.grant, first.grant, "GrantDomainAdmin");
+    assert_eq!(retried.claim, first.claim, "ClaimDomain");
+    let reused = commands
+        .add_users_by_email(with_header(
+            request(add("D1", "c@north.edu"), None),
+            "x-command-id",
+            "add-ab",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    assert_eq!(users_count(&server, "D1", first.claim.position).await, 2);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_projections_are_rebuilt_from_the_log() {
     // AUD-5: the log is the only truth; the read models can be deleted and come back.
