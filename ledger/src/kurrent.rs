@@ -767,21 +767,26 @@ mod tests {
         );
     }
 
+    /// The envelope rebuilt from what KurrentDB would store for `e` with `meta`.
+    fn stored_back(e: &RecordedEvent, commit_position: u64, meta: &[u8]) -> RecordedEvent {
+        from_stored(StoredParts {
+            stream: &e.stream,
+            revision: e.revision,
+            commit_position,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            data: &e.payload,
+            custom_metadata: meta,
+        })
+        .unwrap()
+        .unwrap()
+    }
+
     #[test]
     fn envelope_survives_the_trip_through_kurrentdb_fields() {
         let e = envelope();
         let meta = envelope_metadata(&e, None);
-        let back = from_stored(StoredParts {
-            stream: &e.stream,
-            revision: e.revision,
-            commit_position: 4242,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            data: &e.payload,
-            custom_metadata: &meta,
-        })
-        .unwrap()
-        .unwrap();
+        let back = stored_back(&e, 4242, &meta);
         assert_eq!(back.position, 4242);
         assert_eq!(
             RecordedEvent {
@@ -857,17 +862,7 @@ mod tests {
         let meta = envelope_metadata(&e, Some(&kept));
         assert_eq!(stored_answer(&meta), Some((vec![0, 1, 0xfe], 3)));
         assert_eq!(stored_answer(&envelope_metadata(&e, None)), None);
-        let back = from_stored(StoredParts {
-            stream: &e.stream,
-            revision: e.revision,
-            commit_position: 7,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            data: &e.payload,
-            custom_metadata: &meta,
-        })
-        .unwrap()
-        .unwrap();
+        let back = stored_back(&e, 7, &meta);
         assert_eq!(envelope_hash(&back), back.hash, "the answer is not hashed");
         let text: Value = serde_json::from_slice(&meta).unwrap();
         assert!(
