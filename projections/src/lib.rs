@@ -324,24 +324,24 @@ pub struct RebuildBudget {
     /// The most bytes (estimated) one chunk's fold may hold; the chunk is written as soon
     /// as a batch takes it past this.
     pub chunk_bytes_max: usize,
-    /// The most keys of one sled batch when a chunk is written (sled holds every node
-    /// version a batch replaces until the batch ends).
-    pub sled_batch_keys_max: usize,
+    /// The most keys of a chunk written in one atomic sled batch with the checkpoint (the
+    /// chunk's last keys; the others go first, one insert each).
+    pub checkpoint_batch_keys_max: usize,
 }
 
 /// A rebuild's default chunk: at most this many events...
 pub const REBUILD_CHUNK_EVENTS_MAX: usize = 1_000_000;
 /// ... and at most this many bytes of folded state (estimated).
 pub const REBUILD_CHUNK_BYTES_MAX: usize = 256 << 20;
-/// The most keys of one sled batch when a rebuild writes a chunk.
-pub const REBUILD_SLED_BATCH_KEYS_MAX: usize = 1_024;
+/// The most keys of a rebuild's chunk written in one atomic batch with its checkpoint.
+pub const REBUILD_CHECKPOINT_BATCH_KEYS_MAX: usize = 1_024;
 
 impl Default for RebuildBudget {
     fn default() -> Self {
         Self {
             chunk_events_max: REBUILD_CHUNK_EVENTS_MAX,
             chunk_bytes_max: REBUILD_CHUNK_BYTES_MAX,
-            sled_batch_keys_max: REBUILD_SLED_BATCH_KEYS_MAX,
+            checkpoint_batch_keys_max: REBUILD_CHECKPOINT_BATCH_KEYS_MAX,
         }
     }
 }
@@ -421,34 +421,48 @@ impl Rebuild {
         let Some(fold) = chunk.fold.take() else {
             return Ok(());
         };
-        // AUD-6: the chunk goes out in sled batches of at most `sled_batch_keys_max` keys,
-        // because sled keeps every node version a batch replaces until the batch ends (one
-        // batch for a whole chunk of 250,000 keys peaked at 1.1 GiB). The checkpoint is in
-        // the last one, so the stored checkpoint never names a position whose state is not
-        // all there. The earlier batches of a chunk are never read on their own: nothing
-        // queries a generation before it is swapped in, and `open` drops an unfinished one,
-        // so a crash between them costs only the rebuild.
-        let mut writes = fold.finish_sorted().into_iter().peekable();
-        loop {
-            let mut batch = sled::Batch::default();
-            for (key, value) in writes.by_ref().take(self.budget.sled_batch_keys_max) {
-                match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            let last = writes.peek().is_none();
-            if last {
-                batch.insert(keys::checkpoint_key(), chunk.applied.to_be_bytes().to_vec());
-            }
-            if let Err(error) = self.generation.tree.apply_batch(batch) {
-                chunk.failed = true;
-                return Err(error.into());
-            }
-            if last {
-                return Ok(());
+        let written = self.write_sorted(fold.finish_sorted(), chunk.applied);
+        if written.is_err() {
+            chunk.failed = true;
+        }
+        written
+    }
+
+    /// AUD-6 for a rebuild: the chunk's keys go in first, in key order, as single sled
+    /// inserts; the last `checkpoint_batch_keys_max` of them go with the checkpoint in one
+    /// atomic batch. So the stored checkpoint never names a position whose state is not all
+    /// stored. The state a chunk's first keys leave before its checkpoint is never read:
+    /// nothing queries a generation before it is swapped in, and `open` drops an unfinished
+    /// one, so a crash in between costs only the rebuild. Single inserts rather than sled
+    /// batches for the bulk: measured 1.45x faster over 300,000 events, and with less memory
+    /// (sled keeps every node version a batch replaces until the batch ends; one batch for
+    /// a chunk of 250,000 keys peaked at 1.1 GiB).
+    fn write_sorted(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        checkpoint: u64,
+    ) -> Result<(), ProjectionError> {
+        let tree = &self.generation.tree;
+        let bulk = writes
+            .len()
+            .saturating_sub(self.budget.checkpoint_batch_keys_max);
+        let mut writes = writes.into_iter();
+        for (key, value) in writes.by_ref().take(bulk) {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
             }
         }
+        batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
+        tree.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Writes what was folded so far; afterwards the stored checkpoint is the last position
@@ -655,8 +669,8 @@ impl Projections {
         budget: RebuildBudget,
     ) -> Result<Rebuild, ProjectionError> {
         assert!(
-            budget.chunk_events_max > 0 && budget.sled_batch_keys_max > 0,
-            "a rebuild chunk holds at least one event and a sled batch one key"
+            budget.chunk_events_max > 0,
+            "a rebuild chunk holds at least one event"
         );
         let generation = Self::create_generation(&self.db, self.schema_version)?;
         Ok(Rebuild {

@@ -190,18 +190,19 @@ fn apply_in_batches_to(
 
 /// A rebuild's chunk budgets that put chunk boundaries in awkward places: after every
 /// event, every seventh event, never (a chunk larger than the log), after every batch (a
-/// budget of one byte), and sled batches of one, three or many keys.
+/// budget of one byte); the checkpoint alone or with the chunk's last one, three or many
+/// keys in its atomic batch.
 fn rebuild_budget() -> impl Strategy<Value = RebuildBudget> {
     (
         prop_oneof![Just(1usize), Just(7), Just(1_000_000), 1usize..20],
         prop_oneof![Just(1usize), Just(usize::MAX)],
-        prop_oneof![Just(1usize), Just(3), Just(1_024)],
+        prop_oneof![Just(0usize), Just(1), Just(3), Just(1_024)],
     )
         .prop_map(
-            |(chunk_events_max, chunk_bytes_max, sled_batch_keys_max)| RebuildBudget {
+            |(chunk_events_max, chunk_bytes_max, checkpoint_batch_keys_max)| RebuildBudget {
                 chunk_events_max,
                 chunk_bytes_max,
-                sled_batch_keys_max,
+                checkpoint_batch_keys_max,
             },
         )
 }

@@ -853,12 +853,12 @@ fn a_schema_change_rebuilds_a_fresh_generation_and_swaps_it_in() {
     assert!(!reopened.needs_rebuild().unwrap());
 }
 
-/// Chunks of two events written in sled batches of three keys: a rebuild of the sample
-/// world writes several chunks, each in several batches.
+/// Chunks of two events whose last three keys go with the checkpoint: a rebuild of the
+/// sample world writes several chunks, most of them partly before their checkpoint.
 const SMALL_CHUNKS: RebuildBudget = RebuildBudget {
     chunk_events_max: 2,
     chunk_bytes_max: usize::MAX,
-    sled_batch_keys_max: 3,
+    checkpoint_batch_keys_max: 3,
 };
 
 #[test]
