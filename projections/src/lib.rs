@@ -315,7 +315,7 @@ pub struct Projections {
 }
 
 /// How much of the log a rebuild folds in memory before writing it (docs/projections.md,
-/// "Rebuild and swap"). A larger chunk coalesces more (a member added and removed within
+/// "How a rebuild writes"). A larger chunk coalesces more (a member added and removed within
 /// one chunk costs no write at all) but holds more memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RebuildBudget {
@@ -354,16 +354,19 @@ impl Default for RebuildBudget {
 pub struct Rebuild {
     generation: Arc<Generation>,
     budget: RebuildBudget,
-    /// The chunk being folded, and the last position folded into it.
+    /// The chunk being folded; a mutex because the server's projector feeds the rebuild
+    /// from blocking tasks through an `Arc`.
     pending: Mutex<RebuildChunk>,
 }
 
+/// What a rebuild holds in memory between its writes.
 struct RebuildChunk {
+    /// The fold of the events applied since the last chunk was written, if any.
     fold: Option<apply::BatchApplier>,
     /// The last position applied (folded or written).
     applied: u64,
-    /// A chunk failed to be written: the generation misses part of the log and is no
-    /// good any more.
+    /// A batch failed to fold or a chunk to be written: the generation misses part of the
+    /// log and is no good any more.
     failed: bool,
 }
 
@@ -498,10 +501,6 @@ impl Rebuild {
 
     pub fn generation_name(&self) -> &str {
         &self.generation.name
-    }
-
-    pub fn budget(&self) -> RebuildBudget {
-        self.budget
     }
 }
 
