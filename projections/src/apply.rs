@@ -3,7 +3,10 @@
 //! and then written with one `Tree::apply_batch` that also carries the checkpoint (AUD-6).
 //! The fold mirrors `domain::License::apply`, so the read models agree with the aggregate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Utc};
 use domain::events::Event;
@@ -74,16 +77,53 @@ pub(crate) struct MembershipChange {
     pub present: bool,
 }
 
-pub(crate) struct BatchApplier<'t> {
-    tree: &'t sled::Tree,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+/// Folds events over the stored state of one generation: every key the events change is
+/// kept in memory with its latest value, so a key changed many times is written once. The
+/// live projector folds one batch; a rebuild folds a whole chunk of many batches
+/// (`RebuildBudget`), which coalesces far more.
+pub(crate) struct BatchApplier {
+    tree: sled::Tree,
+    /// The latest value of every key the fold changed (`None`: removed); sorted when the
+    /// fold finishes.
+    writes: Writes,
     /// Decoded license records touched by the batch; `None` for one that does not exist.
     licenses: HashMap<String, Option<LicenseRecord>>,
-    members: HashMap<(String, String), Option<MemberRecord>>,
+    /// Members touched by the fold, by their member key.
+    members: FxHashMap<Vec<u8>, MemberEntry>,
     /// The last history block of each license the batch touched.
     license_history: HashMap<String, HistoryBlock>,
-    pub(crate) changes: Vec<MembershipChange>,
+    /// Membership changes for the in-memory email lists; not kept when nobody queries the
+    /// generation yet (a rebuild), where they would only cost memory.
+    changes: Option<Vec<MembershipChange>>,
+    /// How many events were folded.
+    events: usize,
+    /// An estimate of the memory the fold holds, for a rebuild's chunk budget.
+    held_bytes: usize,
 }
+
+/// Keys and their new values (`None`: removed).
+type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A member as the fold knows it; `changed` says whether it must be written.
+struct MemberEntry {
+    record: Option<MemberRecord>,
+    /// The member as stored when the fold first read it. The keys derived from a member
+    /// (its record, sort index and user -> license keys) are stored exactly for this
+    /// record, so a key the fold removes that `stored` does not derive was never stored:
+    /// it is dropped from the writes instead of removed from sled. A rebuild adds and
+    /// removes many members within one chunk, which then cost no sled write at all.
+    stored: Option<MemberRecord>,
+    changed: bool,
+}
+
+/// Estimated bytes of one entry of the fold's maps beyond its key and value bytes
+/// (allocation headers, map nodes, `Vec` headers). Only a chunk budget reads it.
+const FOLD_ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Estimated bytes of one decoded member record (the actor's email and the OU path are
+/// usually short).
+const FOLD_MEMBER_RECORD_BYTES: usize = 160;
+/// Estimated bytes of one decoded license record.
+const FOLD_LICENSE_RECORD_BYTES: usize = 1_024;
 
 /// One block of a license's history: up to `HISTORY_BLOCK_POSITIONS_MAX` positions under
 /// the key of its first one. Blocks fill in log order whatever the batch boundaries, so
@@ -124,16 +164,30 @@ pub(crate) fn decode_history_block(
     Ok(positions)
 }
 
-impl<'t> BatchApplier<'t> {
-    pub(crate) fn new(tree: &'t sled::Tree) -> Self {
+impl BatchApplier {
+    /// A fold over `tree`; `track_changes` keeps the membership changes for the email
+    /// lists of a generation that answers queries.
+    pub(crate) fn new(tree: &sled::Tree, track_changes: bool) -> Self {
         Self {
-            tree,
-            writes: BTreeMap::new(),
+            tree: tree.clone(),
+            writes: FxHashMap::default(),
             licenses: HashMap::new(),
-            members: HashMap::new(),
+            members: FxHashMap::default(),
             license_history: HashMap::new(),
-            changes: Vec::new(),
+            changes: track_changes.then(Vec::new),
+            events: 0,
+            held_bytes: 0,
         }
+    }
+
+    /// How many events were folded.
+    pub(crate) fn events(&self) -> usize {
+        self.events
+    }
+
+    /// An estimate of the bytes the fold holds in memory.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
@@ -144,20 +198,50 @@ impl<'t> BatchApplier<'t> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        self.write(key, Some(value));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        self.write(key, None);
+    }
+
+    /// Removes a key that the store does not hold: whatever the fold wrote to it before
+    /// is forgotten, and nothing goes to sled.
+    fn forget(&mut self, key: &[u8]) {
+        if let Some((key, value)) = self.writes.remove_entry(key) {
+            self.held_bytes -=
+                key.len() + value.map_or(0, |value| value.len()) + FOLD_ENTRY_OVERHEAD_BYTES;
+        }
+    }
+
+    /// Removes a key, from sled if `stored` says the store holds it.
+    fn remove(&mut self, key: Vec<u8>, stored: bool) {
+        if stored {
+            self.delete(key);
+        } else {
+            self.forget(&key);
+        }
+    }
+
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let key_bytes = key.len();
+        let value_bytes = value.as_ref().map_or(0, Vec::len);
+        self.held_bytes += value_bytes;
+        match self.writes.insert(key, value) {
+            Some(old) => self.held_bytes -= old.map_or(0, |old| old.len()),
+            None => self.held_bytes += key_bytes + FOLD_ENTRY_OVERHEAD_BYTES,
+        }
     }
 
     fn take_license(&mut self, id: &str) -> Result<Option<LicenseRecord>, ProjectionError> {
         match self.licenses.remove(id) {
             Some(record) => Ok(record),
-            None => self
-                .raw(&single(PREFIX_LICENSE, id.as_bytes()))?
-                .map(|bytes| decode("license record", &bytes))
-                .transpose(),
+            None => {
+                self.held_bytes += id.len() + FOLD_LICENSE_RECORD_BYTES;
+                self.raw(&single(PREFIX_LICENSE, id.as_bytes()))?
+                    .map(|bytes| decode("license record", &bytes))
+                    .transpose()
+            }
         }
     }
 
@@ -166,16 +250,31 @@ impl<'t> BatchApplier<'t> {
         license: &str,
         email: &str,
     ) -> Result<Option<MemberRecord>, ProjectionError> {
-        let cache_key = (license.to_owned(), email.to_owned());
-        if let Some(member) = self.members.get(&cache_key) {
-            return Ok(member.clone());
+        let key = pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes());
+        Ok(self.member_entry(key)?.record.clone())
+    }
+
+    /// The fold's entry of a member, read from the store the first time.
+    fn member_entry(&mut self, key: Vec<u8>) -> Result<&mut MemberEntry, ProjectionError> {
+        match self.members.entry(key) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                // The fold writes member keys only when it finishes, so the store's value
+                // is the one before the fold.
+                let stored: Option<MemberRecord> = self
+                    .tree
+                    .get(entry.key())?
+                    .map(|bytes| decode("member record", &bytes))
+                    .transpose()?;
+                self.held_bytes +=
+                    entry.key().len() + FOLD_ENTRY_OVERHEAD_BYTES + FOLD_MEMBER_RECORD_BYTES;
+                Ok(entry.insert(MemberEntry {
+                    record: stored.clone(),
+                    stored,
+                    changed: false,
+                }))
+            }
         }
-        let member: Option<MemberRecord> = self
-            .raw(&pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes()))?
-            .map(|bytes| decode("member record", &bytes))
-            .transpose()?;
-        self.members.insert(cache_key, member.clone());
-        Ok(member)
     }
 
     /// appends a position to the license's last history block, or starts a block.
@@ -226,6 +325,7 @@ impl<'t> BatchApplier<'t> {
         );
         block.positions.push(position);
         block.changed = true;
+        self.held_bytes += std::mem::size_of::<u64>();
         Ok(())
     }
 
@@ -248,8 +348,8 @@ impl<'t> BatchApplier<'t> {
         );
     }
 
-    /// Writes every record the batch changed and the checkpoint into one sled batch.
-    pub(crate) fn finish(mut self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
+    /// Every record the fold changed, in key order, and the membership changes.
+    fn into_writes(mut self) -> (Writes, Option<Vec<MembershipChange>>) {
         for (license, block) in std::mem::take(&mut self.license_history) {
             self.write_history_block(&license, block);
         }
@@ -259,25 +359,42 @@ impl<'t> BatchApplier<'t> {
                 self.put(key, encode(&record));
             }
         }
-        for ((license, email), member) in std::mem::take(&mut self.members) {
-            let key = pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes());
-            match member {
-                Some(member) => self.put(key, encode(&member)),
-                None => self.delete(key),
+        for (key, member) in std::mem::take(&mut self.members) {
+            if !member.changed {
+                continue;
+            }
+            match member.record {
+                Some(record) => self.put(key, encode(&record)),
+                None => self.remove(key, member.stored.is_some()),
             }
         }
+        (self.writes, self.changes)
+    }
+
+    /// Writes every record the batch changed and the checkpoint into one sled batch.
+    pub(crate) fn finish(self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
+        let (writes, changes) = self.into_writes();
         let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
+        for (key, value) in writes {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
         }
         batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
-        (batch, self.changes)
+        (batch, changes.unwrap_or_default())
+    }
+
+    /// A rebuild's chunk: every record the fold changed, in key order.
+    pub(crate) fn finish_sorted(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let (writes, _) = self.into_writes();
+        let mut sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes.into_iter().collect();
+        sorted.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        sorted
     }
 
     pub(crate) fn apply(&mut self, projected: &ProjectedEvent) -> Result<(), ProjectionError> {
+        self.events += 1;
         match StreamName::parse(&projected.stream)? {
             StreamName::License(id) => self.apply_license(&id, projected),
             StreamName::Domain(name) => self.apply_domain(&name, projected),
@@ -559,7 +676,17 @@ impl<'t> BatchApplier<'t> {
         after: Option<MemberRecord>,
     ) -> Result<(), ProjectionError> {
         let id = context.license;
-        let before = self.member(id, email.as_str())?;
+        let member_key = pair(PREFIX_MEMBER, id.as_bytes(), email.as_str().as_bytes());
+        // Out of the map while it changes, so that the writes below can borrow the fold.
+        self.member_entry(member_key.clone())?;
+        let MemberEntry {
+            record: before,
+            stored,
+            ..
+        } = self
+            .members
+            .remove(&member_key)
+            .expect("member_entry put it in the map");
         if let Some(old) = &before {
             *license.counts.slot(old.status) -= 1;
         }
@@ -573,7 +700,13 @@ impl<'t> BatchApplier<'t> {
                 continue;
             }
             if let Some(value) = old_value {
-                self.delete(sort_key(id, column.code(), &value, email.as_str()));
+                let is_stored = stored
+                    .as_ref()
+                    .is_some_and(|stored| sort_value(column, stored) == value);
+                self.remove(
+                    sort_key(id, column.code(), &value, email.as_str()),
+                    is_stored,
+                );
             }
             if let Some(value) = new_value {
                 self.put(
@@ -589,7 +722,7 @@ impl<'t> BatchApplier<'t> {
         );
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.delete(user_license),
+            None => self.remove(user_license, stored.is_some()),
         }
         let held_before = before
             .as_ref()
@@ -606,15 +739,23 @@ impl<'t> BatchApplier<'t> {
                 holds_after,
             )?;
         }
-        if before.is_some() != after.is_some() {
-            self.changes.push(MembershipChange {
+        if let Some(changes) = &mut self.changes
+            && before.is_some() != after.is_some()
+        {
+            changes.push(MembershipChange {
                 license: id.to_owned(),
                 email: email.as_str().to_owned(),
                 present: after.is_some(),
             });
         }
-        self.members
-            .insert((id.to_owned(), email.as_str().to_owned()), after);
+        self.members.insert(
+            member_key,
+            MemberEntry {
+                record: after,
+                stored,
+                changed: true,
+            },
+        );
         Ok(())
     }
 

@@ -108,6 +108,8 @@ pub enum ProjectionError {
         "the rebuild has applied up to position {rebuild}, behind the live projections at {live}; apply the rest first"
     )]
     RebuildBehind { rebuild: u64, live: u64 },
+    #[error("an earlier failure left this rebuild incomplete; start a new rebuild from position 1")]
+    RebuildFailed,
 }
 
 /// `wait_for` gave up: the projections had not reached the position in time.
@@ -270,7 +272,7 @@ impl Generation {
             );
             previous = event.position;
         }
-        let mut applier = apply::BatchApplier::new(&self.tree);
+        let mut applier = apply::BatchApplier::new(&self.tree, true);
         for event in events {
             applier.apply(event)?;
         }
@@ -312,22 +314,188 @@ pub struct Projections {
     checkpoint: watch::Sender<u64>,
 }
 
+/// How much of the log a rebuild folds in memory before writing it (docs/projections.md,
+/// "How a rebuild writes"). A larger chunk coalesces more (a member added and removed within
+/// one chunk costs no write at all) but holds more memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildBudget {
+    /// The most events folded into one chunk.
+    pub chunk_events_max: usize,
+    /// The most bytes (estimated) one chunk's fold may hold; the chunk is written as soon
+    /// as a batch takes it past this.
+    pub chunk_bytes_max: usize,
+    /// The most keys of a chunk written in one atomic sled batch with the checkpoint (the
+    /// chunk's last keys; the others go first, one insert each).
+    pub checkpoint_batch_keys_max: usize,
+}
+
+/// A rebuild's default chunk: at most this many events...
+pub const REBUILD_CHUNK_EVENTS_MAX: usize = 1_000_000;
+/// ... and at most this many bytes of folded state (estimated).
+pub const REBUILD_CHUNK_BYTES_MAX: usize = 256 << 20;
+/// The most keys of a rebuild's chunk written in one atomic batch with its checkpoint.
+pub const REBUILD_CHECKPOINT_BATCH_KEYS_MAX: usize = 1_024;
+
+impl Default for RebuildBudget {
+    fn default() -> Self {
+        Self {
+            chunk_events_max: REBUILD_CHUNK_EVENTS_MAX,
+            chunk_bytes_max: REBUILD_CHUNK_BYTES_MAX,
+            checkpoint_batch_keys_max: REBUILD_CHECKPOINT_BATCH_KEYS_MAX,
+        }
+    }
+}
+
 /// A generation being rebuilt from the log while the current one keeps answering.
+///
+/// Nobody reads the generation until it is swapped in, so a rebuild folds a whole chunk
+/// of batches in memory (`RebuildBudget`) and writes each key once per chunk, with the
+/// checkpoint, instead of once per batch.
 pub struct Rebuild {
     generation: Arc<Generation>,
+    budget: RebuildBudget,
+    /// The chunk being folded; a mutex because the server's projector feeds the rebuild
+    /// from blocking tasks through an `Arc`.
+    pending: Mutex<RebuildChunk>,
+}
+
+/// What a rebuild holds in memory between its writes.
+struct RebuildChunk {
+    /// The fold of the events applied since the last chunk was written, if any.
+    fold: Option<apply::BatchApplier>,
+    /// The last position applied (folded or written).
+    applied: u64,
+    /// A batch failed to fold or a chunk to be written: the generation misses part of the
+    /// log and is no good any more.
+    failed: bool,
 }
 
 impl Rebuild {
-    /// Applies the next events of the log, from position 1 on, as `Projections::apply_batch`.
+    /// Applies the next events of the log, from position 1 on, and returns the last
+    /// position applied. Positions must strictly increase, as for
+    /// `Projections::apply_batch`. The events are folded into the current chunk, which is
+    /// written once it reaches the budget (and by `flush`, `digest` and `finish_rebuild`).
     pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
-        self.generation.apply_batch(events)
+        if events.len() > APPLY_BATCH_EVENTS_MAX {
+            return Err(ProjectionError::BatchTooLarge {
+                events: events.len(),
+                max: APPLY_BATCH_EVENTS_MAX,
+            });
+        }
+        let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let chunk = &mut *guard;
+        if chunk.failed {
+            return Err(ProjectionError::RebuildFailed);
+        }
+        let mut previous = chunk.applied;
+        for event in events {
+            assert!(
+                event.position > previous,
+                "position {} applied after {previous}: positions must strictly increase",
+                event.position
+            );
+            previous = event.position;
+        }
+        if events.is_empty() {
+            return Ok(chunk.applied);
+        }
+        let fold = chunk
+            .fold
+            .get_or_insert_with(|| apply::BatchApplier::new(&self.generation.tree, false));
+        let folded = events.iter().try_for_each(|event| fold.apply(event));
+        if let Err(error) = folded {
+            // The chunk holds part of a batch: it cannot be written, and the rebuild
+            // cannot go on without it.
+            chunk.fold = None;
+            chunk.failed = true;
+            return Err(error);
+        }
+        chunk.applied = previous;
+        let full = fold.events() >= self.budget.chunk_events_max
+            || fold.held_bytes() >= self.budget.chunk_bytes_max;
+        if full {
+            self.write_chunk(chunk)?;
+        }
+        Ok(chunk.applied)
     }
 
+    /// Writes the chunk being folded, with its checkpoint.
+    fn write_chunk(&self, chunk: &mut RebuildChunk) -> Result<(), ProjectionError> {
+        let Some(fold) = chunk.fold.take() else {
+            return Ok(());
+        };
+        let written = self.write_sorted(fold.finish_sorted(), chunk.applied);
+        if written.is_err() {
+            chunk.failed = true;
+        }
+        written
+    }
+
+    /// AUD-6 for a rebuild: the chunk's keys go in first, in key order, as single sled
+    /// inserts; the last `checkpoint_batch_keys_max` of them go with the checkpoint in one
+    /// atomic batch. So the stored checkpoint never names a position whose state is not all
+    /// stored. The state a chunk's first keys leave before its checkpoint is never read:
+    /// nothing queries a generation before it is swapped in, and `open` drops an unfinished
+    /// one, so a crash in between costs only the rebuild. Single inserts rather than sled
+    /// batches for the bulk: measured 1.45x faster over 300,000 events, and with less memory
+    /// (sled keeps every node version a batch replaces until the batch ends; one batch for
+    /// a chunk of 250,000 keys peaked at 1.1 GiB).
+    fn write_sorted(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        checkpoint: u64,
+    ) -> Result<(), ProjectionError> {
+        let tree = &self.generation.tree;
+        let bulk = writes
+            .len()
+            .saturating_sub(self.budget.checkpoint_batch_keys_max);
+        let mut writes = writes.into_iter();
+        for (key, value) in writes.by_ref().take(bulk) {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Writes what was folded so far; afterwards the stored checkpoint is the last position
+    /// applied.
+    pub fn flush(&self) -> Result<(), ProjectionError> {
+        let mut chunk = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if chunk.failed {
+            return Err(ProjectionError::RebuildFailed);
+        }
+        self.write_chunk(&mut chunk)
+    }
+
+    /// The last position applied, which the next batch must follow. It may still be in
+    /// the chunk being folded: the stored checkpoint follows when the chunk is written.
     pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        let chunk = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if chunk.failed {
+            return Err(ProjectionError::RebuildFailed);
+        }
+        Ok(chunk.applied)
+    }
+
+    /// The checkpoint written with the last chunk: what the stored generation holds.
+    pub fn stored_checkpoint(&self) -> Result<u64, ProjectionError> {
         self.generation.checkpoint()
     }
 
+    /// AUD-5: the digests of everything applied so far (the chunk is written first).
     pub fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
+        self.flush()?;
         self.generation.digest()
     }
 
@@ -490,9 +658,28 @@ impl Projections {
     /// Starts a fresh generation for this schema version. Feed it the log from position 1
     /// with `Rebuild::apply_batch`, then `finish_rebuild`.
     pub fn begin_rebuild(&self) -> Result<Rebuild, ProjectionError> {
+        self.begin_rebuild_with_budget(RebuildBudget::default())
+    }
+
+    /// `begin_rebuild` with another chunk budget (tests use tiny chunks to put chunk
+    /// boundaries everywhere).
+    pub fn begin_rebuild_with_budget(
+        &self,
+        budget: RebuildBudget,
+    ) -> Result<Rebuild, ProjectionError> {
+        assert!(
+            budget.chunk_events_max > 0,
+            "a rebuild chunk holds at least one event"
+        );
         let generation = Self::create_generation(&self.db, self.schema_version)?;
         Ok(Rebuild {
             generation: Arc::new(generation),
+            budget,
+            pending: Mutex::new(RebuildChunk {
+                fold: None,
+                applied: 0,
+                failed: false,
+            }),
         })
     }
 
@@ -501,8 +688,9 @@ impl Projections {
     /// Queries already running on the old generation finish on it; its tree is dropped
     /// now when nobody holds it any more, else at the next `open`.
     pub fn finish_rebuild(&self, rebuild: Rebuild) -> Result<(), ProjectionError> {
+        rebuild.flush()?;
         let live = self.checkpoint()?;
-        let rebuilt = rebuild.checkpoint()?;
+        let rebuilt = rebuild.stored_checkpoint()?;
         if rebuilt < live {
             return Err(ProjectionError::RebuildBehind {
                 rebuild: rebuilt,

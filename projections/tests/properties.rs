@@ -14,7 +14,9 @@ use domain::{
     Actor, AdminChannel, DomainName, Email, License, LicenseCommand, LicenseType, OuPath, Role,
     ScannedAccount, Secret, Source, Status,
 };
-use projections::{Bucket, ListUsersRequest, ProjectedEvent, Projections, SortColumn};
+use projections::{
+    Bucket, ListUsersRequest, ProjectedEvent, Projections, RebuildBudget, SortColumn,
+};
 use proptest::prelude::*;
 use support::*;
 
@@ -163,15 +165,46 @@ fn history(types: (LicenseType, LicenseType), seats: u32, steps: Vec<Step>) -> W
 
 /// Applies events in batches whose sizes cycle through `sizes`.
 fn apply_in_batches(projections: &Projections, events: &[ProjectedEvent], sizes: &[usize]) {
+    apply_in_batches_to(
+        |batch| projections.apply_batch(batch).map(|_| ()),
+        events,
+        sizes,
+    );
+}
+
+fn apply_in_batches_to(
+    mut apply: impl FnMut(&[ProjectedEvent]) -> Result<(), projections::ProjectionError>,
+    events: &[ProjectedEvent],
+    sizes: &[usize],
+) {
     let mut rest = events;
     for size in sizes.iter().cycle() {
         if rest.is_empty() {
             return;
         }
         let (batch, remaining) = rest.split_at((*size).min(rest.len()));
-        projections.apply_batch(batch).unwrap();
+        apply(batch).unwrap();
         rest = remaining;
     }
+}
+
+/// A rebuild's chunk budgets that put chunk boundaries in awkward places: after every
+/// event, every seventh event, never (a chunk larger than the log), after every batch (a
+/// budget of one byte); the checkpoint alone or with the chunk's last one, three or many
+/// keys in its atomic batch.
+fn rebuild_budget() -> impl Strategy<Value = RebuildBudget> {
+    (
+        prop_oneof![Just(1usize), Just(7), Just(1_000_000), 1usize..20],
+        prop_oneof![Just(1usize), Just(usize::MAX)],
+        prop_oneof![Just(0usize), Just(1), Just(3), Just(1_024)],
+    )
+        .prop_map(
+            |(chunk_events_max, chunk_bytes_max, checkpoint_batch_keys_max)| RebuildBudget {
+                chunk_events_max,
+                chunk_bytes_max,
+                checkpoint_batch_keys_max,
+            },
+        )
 }
 
 /// The aggregates as they stood after the events up to an index.
@@ -398,6 +431,52 @@ proptest! {
                 prop_assert!(live.domains_administered_by(&granted.email).unwrap().contains(&granted.domain));
             }
         }
+    }
+
+    #[test]
+    fn a_rebuild_folded_in_chunks_equals_event_by_event_application(
+        types in (prop::sample::select(LicenseType::ALL.to_vec()), prop::sample::select(LicenseType::ALL.to_vec())),
+        seats in 1u32..6,
+        steps in prop::collection::vec(step(), 0..STEPS_PER_CASE_MAX),
+        sizes in prop::collection::vec(1usize..9, 1..4),
+        budget in rebuild_budget(),
+        midway in 0.0f64..1.0,
+    ) {
+        // AUD-5 AUD-6: however the rebuild's chunks fall (members added and removed within
+        // one chunk, across chunks, a chunk per event or one for the whole log), the
+        // rebuilt read models equal the live ones applied one event at a time, at the end
+        // and at a digest taken midway (which writes the chunk early).
+        let world = history(types, seats, steps);
+        let live = Projections::open_temporary().unwrap();
+        let midway = (midway * world.events.len() as f64) as usize;
+        let mut live_midway = None;
+        for (index, event) in world.events.iter().enumerate() {
+            live.apply_batch(std::slice::from_ref(event)).unwrap();
+            if index + 1 == midway {
+                live_midway = Some(live.digest().unwrap());
+            }
+        }
+        let directory = tempfile::tempdir().unwrap();
+        let target = Projections::open(directory.path()).unwrap();
+        let rebuild = target.begin_rebuild_with_budget(budget).unwrap();
+        apply_in_batches_to(|batch| rebuild.apply_batch(batch).map(|_| ()), &world.events[..midway], &sizes);
+        if let Some(expected) = live_midway {
+            prop_assert_eq!(rebuild.digest().unwrap(), expected);
+            prop_assert_eq!(rebuild.stored_checkpoint().unwrap(), world.events[midway - 1].position);
+        }
+        apply_in_batches_to(|batch| rebuild.apply_batch(batch).map(|_| ()), &world.events[midway..], &sizes);
+        let last = world.events.last().unwrap().position;
+        prop_assert_eq!(rebuild.checkpoint().unwrap(), last);
+        // A stored checkpoint is only ever one a whole chunk was written with.
+        let stored = rebuild.stored_checkpoint().unwrap();
+        prop_assert!(stored == 0 || world.events.iter().any(|event| event.position == stored));
+        prop_assert!(stored <= last);
+        prop_assert_eq!(rebuild.digest().unwrap(), live.digest().unwrap());
+        prop_assert_eq!(rebuild.stored_checkpoint().unwrap(), last);
+        target.finish_rebuild(rebuild).unwrap();
+        prop_assert_eq!(target.digest().unwrap(), live.digest().unwrap());
+        prop_assert_eq!(target.checkpoint().unwrap(), last);
+        check_counts(&target, &world.licenses, world.now)?;
     }
 
     #[test]

@@ -10,7 +10,8 @@ use domain::events::{DomainAdminGranted, DomainAdminRevoked, DomainClaimed, Even
 use domain::query::EmailPattern;
 use domain::{Actor, DomainName, LicenseCommand, LicenseType, Role, Source, Status};
 use projections::{
-    Bucket, LIST_USERS_PAGE_SIZE_MAX, ListUsersRequest, ProjectionError, Projections, SortColumn,
+    Bucket, LIST_USERS_PAGE_SIZE_MAX, ListUsersRequest, ProjectionError, Projections,
+    RebuildBudget, SortColumn,
 };
 use support::*;
 
@@ -850,6 +851,92 @@ fn a_schema_change_rebuilds_a_fresh_generation_and_swaps_it_in() {
     let reopened = Projections::open_with_schema_version(directory.path(), 2).unwrap();
     assert_eq!(reopened.generation_name(), new_name);
     assert!(!reopened.needs_rebuild().unwrap());
+}
+
+/// Chunks of two events whose last three keys go with the checkpoint: a rebuild of the
+/// sample world writes several chunks, most of them partly before their checkpoint.
+const SMALL_CHUNKS: RebuildBudget = RebuildBudget {
+    chunk_events_max: 2,
+    chunk_bytes_max: usize::MAX,
+    checkpoint_batch_keys_max: 3,
+};
+
+#[test]
+fn a_rebuild_stopped_between_chunks_is_never_swapped_in_and_starts_over() {
+    // AUD-6: a crash while rebuilding leaves written chunks of an unfinished generation;
+    // the next open drops it, the old generation answers, and a new rebuild starts from 1.
+    let world = sample_world();
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let old = Projections::open_with_schema_version(directory.path(), 1).unwrap();
+        old.apply_batch(&world.events).unwrap();
+    }
+    let (old_name, old_digest) = {
+        let projections = Projections::open_with_schema_version(directory.path(), 2).unwrap();
+        let rebuild = projections.begin_rebuild_with_budget(SMALL_CHUNKS).unwrap();
+        let last = world.events.len() - 1;
+        for event in &world.events[..last] {
+            rebuild.apply_batch(std::slice::from_ref(event)).unwrap();
+        }
+        // Chunks are written as they fill; the stored checkpoint names the last whole one.
+        let stored = rebuild.stored_checkpoint().unwrap();
+        assert!(stored > 0, "no chunk was written");
+        assert!(stored <= world.events[last - 1].position);
+        assert_eq!(
+            rebuild.checkpoint().unwrap(),
+            world.events[last - 1].position
+        );
+        (projections.generation_name(), projections.digest().unwrap())
+        // Dropped here without `finish_rebuild`, as a crash would.
+    };
+    let projections = Projections::open_with_schema_version(directory.path(), 2).unwrap();
+    assert_eq!(projections.generation_name(), old_name);
+    assert!(projections.needs_rebuild().unwrap());
+    assert_eq!(projections.digest().unwrap(), old_digest);
+    let rebuild = projections.begin_rebuild_with_budget(SMALL_CHUNKS).unwrap();
+    assert_eq!(rebuild.checkpoint().unwrap(), 0);
+    assert_eq!(rebuild.stored_checkpoint().unwrap(), 0);
+    for chunk in world.events.chunks(3) {
+        rebuild.apply_batch(chunk).unwrap();
+    }
+    let rebuilt_name = rebuild.generation_name().to_owned();
+    projections.finish_rebuild(rebuild).unwrap();
+    assert_eq!(projections.generation_name(), rebuilt_name);
+    assert_eq!(projections.digest().unwrap(), old_digest);
+    assert_eq!(
+        projections.checkpoint().unwrap(),
+        world.events.last().unwrap().position
+    );
+}
+
+#[test]
+fn a_rebuild_that_met_a_bad_event_refuses_to_go_on_or_be_swapped_in() {
+    // AUD-6: a batch that cannot be folded leaves its chunk half done, so the rebuild stops
+    // for good rather than skip part of the log; the old generation keeps answering.
+    let world = sample_world();
+    let (_directory, projections) = projections_of(&world);
+    let name = projections.generation_name();
+    let rebuild = projections.begin_rebuild_with_budget(SMALL_CHUNKS).unwrap();
+    let mut events = world.events.clone();
+    events[4].stream = "nonsense".into();
+    rebuild.apply_batch(&events[..3]).unwrap();
+    assert!(matches!(
+        rebuild.apply_batch(&events[3..6]),
+        Err(ProjectionError::UnknownStream(_))
+    ));
+    assert!(matches!(
+        rebuild.apply_batch(&events[6..]),
+        Err(ProjectionError::RebuildFailed)
+    ));
+    assert!(matches!(
+        rebuild.checkpoint(),
+        Err(ProjectionError::RebuildFailed)
+    ));
+    assert!(matches!(
+        projections.finish_rebuild(rebuild),
+        Err(ProjectionError::RebuildFailed)
+    ));
+    assert_eq!(projections.generation_name(), name);
 }
 
 #[test]

@@ -219,37 +219,29 @@ pub async fn rebuild(
 ) -> Result<RebuildOutcome> {
     let started = Instant::now();
     let mut progress = Progress::new(source.head_hint(), options.progress);
+    // Without live projections the rebuild goes into a temporary store; either way it is a
+    // rebuild generation, which folds whole chunks of the log in memory (docs/projections.md).
     let temporary;
-    let (target, rebuild) = match live {
-        Some(p) => (None, Some(p.begin_rebuild().map_err(projection_failure)?)),
+    let rebuild = match live {
+        Some(p) => p.begin_rebuild(),
         None => {
             temporary = Projections::open_temporary().map_err(projection_failure)?;
-            (Some(&temporary), None)
+            temporary.begin_rebuild()
         }
-    };
+    }
+    .map_err(projection_failure)?;
     let apply = |batch: &[ProjectedEvent]| -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
         // A log page may hold more events than one projection batch takes.
         for chunk in batch.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
-            match (&rebuild, target) {
-                (Some(r), _) => r.apply_batch(chunk),
-                (None, Some(t)) => t.apply_batch(chunk),
-                (None, None) => unreachable!("a target exists"),
-            }
-            .map_err(projection_failure)?;
+            rebuild.apply_batch(chunk).map_err(projection_failure)?;
         }
         Ok(())
     };
     let digest_now = || -> Result<Vec<Digest>> {
-        match (&rebuild, target) {
-            (Some(r), _) => r.digest(),
-            (None, Some(t)) => t.digest(),
-            (None, None) => unreachable!("a target exists"),
-        }
-        .map(|d| digests(&d))
-        .map_err(projection_failure)
+        rebuild
+            .digest()
+            .map(|d| digests(&d))
+            .map_err(projection_failure)
     };
     let live_checkpoint = match live {
         Some(p) => Some(p.checkpoint().map_err(projection_failure)?),
@@ -301,10 +293,10 @@ pub async fn rebuild(
         }
     }
     let mut swapped = false;
-    if let (Some(p), Some(r)) = (live, rebuild)
+    if let Some(p) = live
         && !options.compare_only
     {
-        p.finish_rebuild(r).map_err(projection_failure)?;
+        p.finish_rebuild(rebuild).map_err(projection_failure)?;
         swapped = true;
     }
     Ok(RebuildOutcome {
