@@ -588,8 +588,13 @@ async fn every_rpc_refuses_every_wrong_scope_and_role() {
         .unwrap()
         .into_inner()
         .position;
+    // The read waits for the projections to reach the last command (a loaded machine once
+    // read the license before they had it: NOT_FOUND).
+    let mut read = staff(license("T1"));
+    read.metadata_mut()
+        .insert("x-min-position", head.to_string().parse().unwrap());
     let view = LicenseQueriesClient::new(channel.clone())
-        .get_license(staff(license("T1")))
+        .get_license(read)
         .await
         .unwrap()
         .into_inner();
