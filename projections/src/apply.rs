@@ -104,6 +104,23 @@ pub(crate) struct BatchApplier {
 /// Keys and their new values (`None`: removed).
 type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// One sled batch of `writes` (a `None` value removes its key) ending with the checkpoint
+/// they bring the projections to: the atomic write of AUD-6.
+pub(crate) fn checkpoint_batch(
+    writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    checkpoint: u64,
+) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
+    batch
+}
+
 /// A member as the fold knows it; `changed` says whether it must be written.
 struct MemberEntry {
     record: Option<MemberRecord>,
@@ -374,15 +391,10 @@ impl BatchApplier {
     /// Writes every record the batch changed and the checkpoint into one sled batch.
     pub(crate) fn finish(self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
         let (writes, changes) = self.into_writes();
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
-        (batch, changes.unwrap_or_default())
+        (
+            checkpoint_batch(writes, checkpoint),
+            changes.unwrap_or_default(),
+        )
     }
 
     /// A rebuild's chunk: every record the fold changed, in key order.

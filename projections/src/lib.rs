@@ -261,17 +261,7 @@ impl Generation {
         let Some(last) = events.last() else {
             return Ok(checkpoint);
         };
-        let mut previous = checkpoint;
-        for event in events {
-            // Applying a position twice or out of order would double-count members; it
-            // can only come from a projector bug, so it stops the process.
-            assert!(
-                event.position > previous,
-                "position {} applied after {previous}: positions must strictly increase past the checkpoint",
-                event.position
-            );
-            previous = event.position;
-        }
+        assert_positions_increase(checkpoint, events);
         let mut applier = apply::BatchApplier::new(&self.tree, true);
         for event in events {
             applier.apply(event)?;
@@ -312,6 +302,23 @@ pub struct Projections {
     current: RwLock<Arc<Generation>>,
     schema_version: u32,
     checkpoint: watch::Sender<u64>,
+}
+
+/// Checks that `events` come after position `applied` in strictly increasing order and
+/// returns the last one (`applied` for none). Applying a position twice or out of order
+/// would double-count members; it can only come from a projector bug, so it stops the
+/// process.
+fn assert_positions_increase(applied: u64, events: &[ProjectedEvent]) -> u64 {
+    let mut previous = applied;
+    for event in events {
+        assert!(
+            event.position > previous,
+            "position {} applied after {previous}: positions must strictly increase past the checkpoint",
+            event.position
+        );
+        previous = event.position;
+    }
+    previous
 }
 
 /// How much of the log a rebuild folds in memory before writing it (docs/projections.md,
@@ -387,15 +394,7 @@ impl Rebuild {
         if chunk.failed {
             return Err(ProjectionError::RebuildFailed);
         }
-        let mut previous = chunk.applied;
-        for event in events {
-            assert!(
-                event.position > previous,
-                "position {} applied after {previous}: positions must strictly increase",
-                event.position
-            );
-            previous = event.position;
-        }
+        let previous = assert_positions_increase(chunk.applied, events);
         if events.is_empty() {
             return Ok(chunk.applied);
         }
@@ -456,15 +455,7 @@ impl Rebuild {
                 None => tree.remove(key)?,
             };
         }
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch.insert(keys::checkpoint_key(), checkpoint.to_be_bytes().to_vec());
-        tree.apply_batch(batch)?;
+        tree.apply_batch(apply::checkpoint_batch(writes, checkpoint))?;
         Ok(())
     }
 
