@@ -521,12 +521,22 @@ async fn call(
     result.err().map_or(Code::Ok, |status| status.code())
 }
 
-fn staff<T>(message: T) -> Request<T> {
+fn with_bearer<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
-        .insert("authorization", format!("Bearer {STAFF}").parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// A request with the staff token of the in-process servers of these tests.
+fn staff<T>(message: T) -> Request<T> {
+    with_bearer(STAFF, message)
+}
+
+/// A request with the staff token of a server started as a process (`ServerProcess`).
+fn process_staff<T>(message: T) -> Request<T> {
+    with_bearer(STAFF_TOKEN, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,11 +764,7 @@ async fn stream_csv(address: &str, row_padding: usize) -> (Code, u64) {
         })
     }));
     let chunks = tokio_stream::StreamExt::chain(tokio_stream::iter([start]), data);
-    let mut request = Request::new(chunks);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
+    let request = process_staff(chunks);
     let code = match LicenseCommandsClient::new(channel)
         .import_csv(request)
         .await
@@ -783,7 +789,7 @@ async fn a_2_gib_csv_and_oversized_messages_are_refused_with_bounded_memory() {
         .connect()
         .await
         .unwrap();
-    let mut request = Request::new(proto::IssueLicenseRequest {
+    let request = process_staff(proto::IssueLicenseRequest {
         license: "BIG".into(),
         r#type: "district".into(),
         seats: 10_000_000,
@@ -791,10 +797,6 @@ async fn a_2_gib_csv_and_oversized_messages_are_refused_with_bounded_memory() {
         valid_until: "2099-12-31T23:59:59Z".into(),
         admins: vec![ADMIN.into()],
     });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
     LicenseCommandsClient::new(channel.clone())
         .issue_license(request)
         .await
@@ -834,11 +836,7 @@ async fn a_2_gib_csv_and_oversized_messages_are_refused_with_bounded_memory() {
             ])),
         },
     ];
-    let mut request = Request::new(tokio_stream::iter(chunks));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
+    let request = process_staff(tokio_stream::iter(chunks));
     let refused = LicenseCommandsClient::new(channel.clone())
         .import_csv(request)
         .await
@@ -859,11 +857,7 @@ async fn a_2_gib_csv_and_oversized_messages_are_refused_with_bounded_memory() {
         (peak - before) >> 20
     );
     // Nothing was applied, and the server still serves.
-    let mut request = Request::new(license("BIG"));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
+    let request = process_staff(license("BIG"));
     let view = LicenseQueriesClient::new(channel)
         .get_license(request)
         .await
@@ -905,11 +899,7 @@ async fn flood(address: &str) -> Flood {
                 Ok(channel) => channel,
                 Err(error) => return (Err(Status::unavailable(error.to_string())), None),
             };
-            let mut request = Request::new(license("FLOOD"));
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-            );
+            let request = process_staff(license("FLOOD"));
             let answer = LicenseQueriesClient::new(channel.clone())
                 .get_license(request)
                 .await
@@ -958,7 +948,7 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         .connect()
         .await
         .unwrap();
-    let mut request = Request::new(proto::IssueLicenseRequest {
+    let request = process_staff(proto::IssueLicenseRequest {
         license: "FLOOD".into(),
         r#type: "school".into(),
         seats: 5,
@@ -966,10 +956,6 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         valid_until: "2099-12-31T23:59:59Z".into(),
         admins: vec![ADMIN.into()],
     });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
     LicenseCommandsClient::new(channel)
         .issue_license(request)
         .await
@@ -1008,11 +994,7 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         .connect()
         .await
         .unwrap();
-    let mut request = Request::new(license("FLOOD"));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {STAFF_TOKEN}").parse().unwrap(),
-    );
+    let request = process_staff(license("FLOOD"));
     LicenseQueriesClient::new(channel)
         .get_license(request)
         .await
