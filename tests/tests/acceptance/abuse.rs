@@ -521,22 +521,14 @@ async fn call(
     result.err().map_or(Code::Ok, |status| status.code())
 }
 
-fn with_bearer<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 /// A request with the staff token of the in-process servers of these tests.
 fn staff<T>(message: T) -> Request<T> {
-    with_bearer(STAFF, message)
+    crate::with_bearer(STAFF, message)
 }
 
 /// A request with the staff token of a server started as a process (`ServerProcess`).
 fn process_staff<T>(message: T) -> Request<T> {
-    with_bearer(STAFF_TOKEN, message)
+    crate::with_bearer(STAFF_TOKEN, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,11 +154,7 @@ impl Server {
 }
 
 fn staff<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {STAFF}").parse().unwrap());
-    request
+    crate::with_bearer(STAFF, message)
 }
 
 fn issue(license: &str) -> proto::IssueLicenseRequest {

@@ -13,6 +13,15 @@ mod tampering;
 
 use std::path::{Path, PathBuf};
 
+/// A request carrying `token` as its bearer credential.
+pub fn with_bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// The repository's scenario folder.
 pub fn scenario_folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")

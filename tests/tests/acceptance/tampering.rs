@@ -23,11 +23,7 @@ fn config(dir: &Path) -> ServerConfig {
 }
 
 fn staff<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {STAFF}").parse().unwrap());
-    request
+    crate::with_bearer(STAFF, message)
 }
 
 /// Serves a few commands on `dir` and stops: license L1 with three users, then L2.
