@@ -19,6 +19,8 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
 /// How long the accept loop pauses after an accept error (out of file descriptors, say),
 /// so that it does not spin while the error lasts.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// The smallest kernel accept queue the API listener gets (tokio's own default).
+const LISTEN_BACKLOG_CONNECTIONS_MIN: usize = 1_024;
 /// Accepted connections waiting for the server to take them.
 const ACCEPTED_QUEUE_CONNECTIONS_MAX: usize = 64;
 /// Refused connections being told so at one time; beyond this they are closed without a
@@ -26,6 +28,39 @@ const ACCEPTED_QUEUE_CONNECTIONS_MAX: usize = 64;
 const REFUSALS_IN_FLIGHT_MAX: usize = 1_024;
 /// The longest a refusal may take (the client may never read it).
 const REFUSAL_TIMEOUT_MS: u64 = 5_000;
+
+/// Binds a listener for the API whose kernel accept queue holds as many connections as the
+/// server may have open, `connections_max`, and never fewer than tokio's 1,024 (the kernel
+/// caps it at `net.core.somaxconn`). A listener's usual backlog (1,024 in tokio)
+/// is smaller than the connection limit, and when a burst of new connections overflows it,
+/// Linux drops their handshakes or answers them with SYN cookies that can fail: the client
+/// then sees its connection reset although the server had room for it. Sizing the queue to
+/// the connection limit lets a burst up to that limit wait in the kernel instead.
+pub async fn bind_listener(address: &str, connections_max: usize) -> std::io::Result<TcpListener> {
+    let backlog =
+        u32::try_from(connections_max.max(LISTEN_BACKLOG_CONNECTIONS_MIN)).unwrap_or(u32::MAX);
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // The same reuse rule as `TcpListener::bind`: a restarted server may bind the port
+        // its predecessor's closed connections still linger on.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(backlog),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the listen address {address} resolves to no address"),
+        )
+    }))
+}
 
 /// Answers every call a refused connection already carries with a trailers-only gRPC
 /// UNAVAILABLE, tells the client (HTTP/2 GOAWAY) to open no more streams, and closes it.
@@ -153,4 +188,20 @@ pub fn accept_limited(
         }
     });
     (receiver, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_binds_a_name_and_accepts_a_connection() {
+        let listener = bind_listener("localhost:0", CONNECTIONS_MAX_DEFAULT)
+            .await
+            .expect("localhost resolves and binds");
+        let address = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        client.expect("the client connects");
+        accepted.expect("the listener accepts");
+    }
 }

@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = std::net::TcpListener::bind(address)?;
         config.metrics_listener = Some(Arc::new(std::sync::Mutex::new(Some(listener))));
     }
-    let listener = tokio::net::TcpListener::bind(&flags.listen).await?;
+    let listener = server::connections::bind_listener(&flags.listen, flags.connections_max).await?;
     server::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
