@@ -343,3 +343,62 @@ async fn the_largest_allowed_event_is_written_and_read_back() {
     assert_eq!(read[0].payload.len(), size);
     shut(log).await;
 }
+
+#[tokio::test]
+async fn an_append_larger_than_one_index_batch_is_indexed_whole() {
+    // The index writes a group of more than 4,096 keys in several sled batches (issue 7's
+    // memory): every position and revision must still be found, live and after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let first = log
+        .append(
+            "license-L1",
+            ExpectedRevision::Any,
+            events(3, "T"),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+    let big = log
+        .append(
+            "license-BIG",
+            ExpectedRevision::Any,
+            events(7_000, "UserAdded"),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(big.first_position, first.last_position + 1);
+    assert_eq!(big.last_position, big.first_position + 6_999);
+    big_append_reads_whole(&log, &big).await;
+    shut(log).await;
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    big_append_reads_whole(&log, &big).await;
+    let next = log
+        .append(
+            "license-BIG",
+            ExpectedRevision::Exact(6_999),
+            events(1, "T"),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, big.last_position + 1);
+    assert!(log.verify().await.unwrap().first_break.is_none());
+    shut(log).await;
+}
+
+/// Every event of the 7,000-event append is found by revision and by position.
+async fn big_append_reads_whole(log: &EmbeddedLog, big: &ledger::AppendResult) {
+    let stream = log.read_stream("license-BIG", 0, 10_000).await.unwrap();
+    assert_eq!(stream.len(), 7_000);
+    for (revision, event) in stream.iter().enumerate() {
+        assert_eq!(event.revision, revision as u64);
+        assert_eq!(event.position, big.first_position + revision as u64);
+    }
+    // Reading from a position in the middle of the append starts there.
+    let middle = log.read_all(big.first_position + 5_000, 2).await.unwrap();
+    assert_eq!(middle[0].position, big.first_position + 5_000);
+    assert_eq!(middle[0].revision, 5_000);
+    assert_eq!(log.committed_position(), big.last_position + 1);
+}

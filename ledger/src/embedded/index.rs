@@ -159,7 +159,8 @@ impl IndexBatch {
     }
 
     /// Finishes the batch with the checkpoint it brings the index to.
-    pub fn finish(mut self, cp: Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn finish(mut self, cp: Checkpoint) -> IndexWrites {
+        let tail_start = self.kvs.len();
         for (stream, head) in std::mem::take(&mut self.heads) {
             let mut v = head.revision.to_be_bytes().to_vec();
             v.extend_from_slice(&head.hash);
@@ -168,8 +169,24 @@ impl IndexBatch {
         let mut v = cp.next_position.to_be_bytes().to_vec();
         cp.location.encode(&mut v);
         self.kvs.push((KEY_CHECKPOINT.to_vec(), v));
-        self.kvs
+        IndexWrites {
+            kvs: self.kvs,
+            tail_start,
+        }
     }
+}
+
+/// The most index keys written in one sled batch before the last one of a group. sled keeps
+/// every node version a batch replaces until the batch ends, so one batch for a
+/// 100,000-event append (200,000 keys) held gigabytes (issue 7's import).
+pub(crate) const INDEX_APPLY_BATCH_KEYS_MAX: usize = 4_096;
+
+/// The index keys of a run of complete appends. The entries from `tail_start` on are the
+/// streams' heads and the checkpoint; they are always applied together, in one atomic
+/// batch, after every entry before them.
+pub(crate) struct IndexWrites {
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub tail_start: usize,
 }
 
 /// How often an open retries while sled's lock on a directory is still held.
@@ -273,12 +290,42 @@ impl IndexStore {
         Ok(out)
     }
 
-    /// Applies all pairs atomically: a crash keeps all of them or none.
-    pub(crate) fn apply(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    /// Applies a group's keys. Up to [`INDEX_APPLY_BATCH_KEYS_MAX`] keys go in one atomic
+    /// batch with the heads and the checkpoint. A larger group's position, revision and
+    /// command keys go first, in atomic batches of that size, and the heads and checkpoint
+    /// last. That is safe without one batch for all: the keys describe records already
+    /// synced to the log, so a key written before a crash is true afterwards (recovery only
+    /// cuts records that were never synced, which were never indexed), and nothing reads a
+    /// position, a revision or a command past the checkpoint and the heads: readers stop at
+    /// the committed position, published only after the last batch, and recovery resumes
+    /// from the checkpoint, writing the same keys again.
+    pub(crate) fn apply(&self, writes: IndexWrites) -> Result<()> {
+        let IndexWrites {
+            mut kvs,
+            tail_start,
+        } = writes;
+        assert!(
+            tail_start < kvs.len(),
+            "index writes end with the checkpoint"
+        );
         match self {
             IndexStore::Sled(db) => {
+                let tail = if kvs.len() <= INDEX_APPLY_BATCH_KEYS_MAX {
+                    kvs
+                } else {
+                    let tail = kvs.split_off(tail_start);
+                    let mut body = kvs.into_iter().peekable();
+                    while body.peek().is_some() {
+                        let mut b = sled::Batch::default();
+                        for (k, v) in body.by_ref().take(INDEX_APPLY_BATCH_KEYS_MAX) {
+                            b.insert(k, v);
+                        }
+                        db.apply_batch(b)?;
+                    }
+                    tail
+                };
                 let mut b = sled::Batch::default();
-                for (k, v) in kvs {
+                for (k, v) in tail {
                     b.insert(k, v);
                 }
                 db.apply_batch(b)?;

@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::index::{Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, Location};
+use super::index::{
+    Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, IndexWrites, Location,
+};
 use super::recovery::Recovered;
 use super::{INDEX_QUEUE_GROUPS, Shared};
 use crate::envelope::{
@@ -37,7 +39,7 @@ type Reply = (oneshot::Sender<Result<AppendResult>>, Result<AppendResult>);
 
 /// A synced group on its way to the indexer: its index entries and its answers.
 struct SyncedGroup {
-    kvs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    kvs: Option<IndexWrites>,
     next_position: u64,
     replies: Vec<Reply>,
 }
