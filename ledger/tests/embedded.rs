@@ -345,60 +345,111 @@ async fn the_largest_allowed_event_is_written_and_read_back() {
 }
 
 #[tokio::test]
-async fn an_append_larger_than_one_index_batch_is_indexed_whole() {
-    // The index writes a group of more than 4,096 keys in several sled batches (issue 7's
-    // memory): every position and revision must still be found, live and after a restart.
+async fn reads_start_anywhere_in_large_and_small_appends() {
+    // The index keeps a key only at each append's first event and at every 1,024th inside
+    // one, and writes a group of more than 4,096 keys in several sled batches (issue 7):
+    // every read by position and by revision must still find exactly the right events,
+    // live, after a restart, and after the index was deleted and rebuilt from the log.
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
-    let first = log
-        .append(
-            "license-L1",
+    let appends: [(&str, usize); 8] = [
+        ("license-L1", 3),
+        ("license-BIG", 7_000),
+        ("license-L1", 1),
+        ("license-BIG", 1),
+        ("license-BIG", 2_049),
+        ("license-L2", 1_025),
+        ("license-BIG", 1),
+        ("license-L1", 2),
+    ];
+    for (stream, count) in appends {
+        log.append(
+            stream,
             ExpectedRevision::Any,
-            events(3, "T"),
+            events(count, "T"),
             Uuid::new_v4(),
         )
         .await
         .unwrap();
-    let big = log
-        .append(
-            "license-BIG",
+    }
+    // 2,000 appends of one event: rebuilt from the log below, they are one catch-up batch
+    // of over 6,000 keys, which the index writes in several sled batches.
+    for _ in 0..SMALL_APPENDS {
+        log.append(
+            "license-L3",
             ExpectedRevision::Any,
-            events(7_000, "UserAdded"),
-            Uuid::new_v4(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(big.first_position, first.last_position + 1);
-    assert_eq!(big.last_position, big.first_position + 6_999);
-    big_append_reads_whole(&log, &big).await;
-    shut(log).await;
-    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
-    big_append_reads_whole(&log, &big).await;
-    let next = log
-        .append(
-            "license-BIG",
-            ExpectedRevision::Exact(6_999),
             events(1, "T"),
             Uuid::new_v4(),
         )
         .await
         .unwrap();
-    assert_eq!(next.first_position, big.last_position + 1);
+    }
+    reads_match_the_whole_log(&log).await;
+    shut(log).await;
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    reads_match_the_whole_log(&log).await;
+    shut(log).await;
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    reads_match_the_whole_log(&log).await;
+    // The next append continues the big stream's chain.
+    let next = log
+        .append(
+            "license-BIG",
+            ExpectedRevision::Exact(7_000 + 1 + 2_049),
+            events(1, "T"),
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, LOG_EVENTS as u64);
     assert!(log.verify().await.unwrap().first_break.is_none());
     shut(log).await;
 }
 
-/// Every event of the 7,000-event append is found by revision and by position.
-async fn big_append_reads_whole(log: &EmbeddedLog, big: &ledger::AppendResult) {
-    let stream = log.read_stream("license-BIG", 0, 10_000).await.unwrap();
-    assert_eq!(stream.len(), 7_000);
-    for (revision, event) in stream.iter().enumerate() {
-        assert_eq!(event.revision, revision as u64);
-        assert_eq!(event.position, big.first_position + revision as u64);
+/// Appends of one event in the large-and-small log.
+const SMALL_APPENDS: usize = 2_000;
+/// Events in the large-and-small log.
+const LOG_EVENTS: usize = 7_000 + 3 + 1 + 1 + 2_049 + 1_025 + 1 + 2 + SMALL_APPENDS;
+
+/// Every read from a grid of starting points and sizes equals the matching slice of the
+/// whole log read from the start.
+async fn reads_match_the_whole_log(log: &EmbeddedLog) {
+    let whole = all_events(log).await;
+    assert_eq!(whole.len(), LOG_EVENTS);
+    let sizes = [1, 2, 1_000, 10_000];
+    for from in [
+        0, 1, 2, 3, 4, 1_026, 1_027, 5_000, 7_002, 7_003, 7_004, 7_005, 9_000, 11_000,
+    ] {
+        for max in sizes {
+            let read = log.read_all(from, max).await.unwrap();
+            let start = (from as usize).min(whole.len());
+            let end = (start + max).min(whole.len());
+            assert_eq!(read, whole[start..end], "read_all({from}, {max})");
+        }
     }
-    // Reading from a position in the middle of the append starts there.
-    let middle = log.read_all(big.first_position + 5_000, 2).await.unwrap();
-    assert_eq!(middle[0].position, big.first_position + 5_000);
-    assert_eq!(middle[0].revision, 5_000);
-    assert_eq!(log.committed_position(), big.last_position + 1);
+    for stream in [
+        "license-BIG",
+        "license-L1",
+        "license-L2",
+        "license-L3",
+        "license-NONE",
+    ] {
+        let of_stream: Vec<&RecordedEvent> = whole.iter().filter(|e| e.stream == stream).collect();
+        for (revision, event) in of_stream.iter().enumerate() {
+            assert_eq!(event.revision, revision as u64);
+        }
+        for from in [
+            0, 1, 2, 3, 1_023, 1_024, 1_025, 5_000, 6_999, 7_000, 7_001, 8_000, 9_050, 9_051,
+        ] {
+            for max in sizes {
+                let read = log.read_stream(stream, from, max).await.unwrap();
+                let start = (from as usize).min(of_stream.len());
+                let end = (start + max).min(of_stream.len());
+                let expected: Vec<RecordedEvent> =
+                    of_stream[start..end].iter().map(|e| (*e).clone()).collect();
+                assert_eq!(read, expected, "read_stream({stream}, {from}, {max})");
+            }
+        }
+    }
 }

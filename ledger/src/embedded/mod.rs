@@ -187,6 +187,38 @@ impl EmbeddedLog {
     }
 }
 
+/// A reader at the record of the committed `position`. The index has a key at the first
+/// event of every append and at every `INDEX_STRIDE_EVENTS`-th event inside one, so the
+/// reader starts at the nearest key before and steps over the records in between (fewer
+/// than the stride, all of the same append), checking each position.
+pub(crate) fn reader_at<'a>(
+    storage: &'a dyn Storage,
+    index: &IndexStore,
+    last_segment: u64,
+    position: u64,
+) -> Result<SegmentReader<'a>> {
+    let (indexed, start) = index.location_at_or_before(position)?.ok_or_else(|| {
+        LedgerError::Corrupt(format!(
+            "committed position {position} is missing from the index"
+        ))
+    })?;
+    let mut reader = SegmentReader::new(storage, start, last_segment);
+    for expected in indexed..position {
+        let Some((e, _, _, _)) = reader.next_record()? else {
+            return Err(LedgerError::Corrupt(format!(
+                "the log ends before committed position {expected}"
+            )));
+        };
+        if e.position != expected {
+            return Err(LedgerError::Corrupt(format!(
+                "found position {} where {expected} was expected",
+                e.position
+            )));
+        }
+    }
+    Ok(reader)
+}
+
 /// Reads up to `max` committed events from `from` on, checking positions as it goes.
 fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<RecordedEvent>> {
     let committed = shared.committed.load(Ordering::Acquire);
@@ -194,13 +226,8 @@ fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<Recor
         return Ok(Vec::new());
     }
     let count = (committed - from).min(max.min(READ_EVENTS_MAX) as u64) as usize;
-    let start = shared.index.location_of(from)?.ok_or_else(|| {
-        LedgerError::Corrupt(format!(
-            "committed position {from} is missing from the index"
-        ))
-    })?;
     let last_segment = shared.last_segment.load(Ordering::Acquire);
-    let mut reader = SegmentReader::new(shared.storage.as_ref(), start, last_segment);
+    let mut reader = reader_at(shared.storage.as_ref(), &shared.index, last_segment, from)?;
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let expected = from + out.len() as u64;
@@ -220,6 +247,11 @@ fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<Recor
     Ok(out)
 }
 
+/// Reads up to `max` committed events of `stream` from `from_revision` on. The index holds
+/// the stream's revisions only at the first event of each append and at every
+/// `INDEX_STRIDE_EVENTS`-th inside one; the revisions after an indexed one follow it in the
+/// segment, one record after the other, up to the next indexed revision (the same append)
+/// or, after the last one, for as long as the records continue the stream.
 fn read_stream_blocking(
     shared: &Shared,
     stream: &str,
@@ -227,28 +259,83 @@ fn read_stream_blocking(
     max: usize,
 ) -> Result<Vec<RecordedEvent>> {
     let committed = shared.committed.load(Ordering::Acquire);
+    let max = max.min(READ_EVENTS_MAX);
+    let last_segment = shared.last_segment.load(Ordering::Acquire);
+    // Enough indexed entries to cover `max` events even when every one starts a run.
     let entries = shared
         .index
-        .stream_entries(stream, from_revision, max.min(READ_EVENTS_MAX))?;
-    let mut out: Vec<RecordedEvent> = Vec::with_capacity(entries.len());
-    for (revision, position, location) in entries {
-        if position >= committed {
-            break;
+        .stream_entries(stream, from_revision, max + 1)?;
+    let mut out: Vec<RecordedEvent> = Vec::with_capacity(max.min(1024));
+    for (i, &(revision, position, location)) in entries.iter().enumerate() {
+        // The revisions this entry's run holds: up to the next entry, or open-ended.
+        let run_end = entries.get(i + 1).map(|next| next.0);
+        if let Some(end) = run_end
+            && end <= from_revision
+        {
+            continue;
         }
-        let (e, _) = read_record_at(shared.storage.as_ref(), location)?;
-        if e.stream != stream || e.revision != revision || e.position != position {
-            return Err(LedgerError::Corrupt(format!(
-                "index says {stream:?}@{revision} is position {position}, the log holds \
-                 {:?}@{} at position {}",
-                e.stream, e.revision, e.position
-            )));
+        if run_end == Some(revision + 1) {
+            // A run of one event (an append of one): one random read, not a buffered scan.
+            if out.len() == max || position >= committed {
+                return Ok(out);
+            }
+            let (e, _) = read_record_at(shared.storage.as_ref(), location)?;
+            check_indexed(&e, stream, revision, position)?;
+            push_in_order(&mut out, e);
+            continue;
         }
-        if let Some(prev) = out.last() {
-            assert_eq!(e.predecessor_hash, prev.hash, "chain broken inside a read");
+        let mut reader = SegmentReader::new(shared.storage.as_ref(), location, last_segment);
+        let mut expected_revision = revision;
+        let mut expected_position = position;
+        loop {
+            if out.len() == max || expected_position >= committed {
+                return Ok(out);
+            }
+            if run_end.is_some_and(|end| expected_revision >= end) {
+                break;
+            }
+            let Some((e, _, _, _)) = reader.next_record()? else {
+                return Err(LedgerError::Corrupt(format!(
+                    "the log ends before committed position {expected_position}"
+                )));
+            };
+            let continues = e.stream == stream
+                && e.revision == expected_revision
+                && e.position == expected_position;
+            if !continues && run_end.is_none() && expected_revision > revision {
+                // The last run ends where its append ends; the next record is another's.
+                return Ok(out);
+            }
+            check_indexed(&e, stream, expected_revision, expected_position)?;
+            if e.revision >= from_revision {
+                push_in_order(&mut out, e);
+            }
+            expected_revision += 1;
+            expected_position += 1;
         }
-        out.push(e);
     }
     Ok(out)
+}
+
+/// Checks that the record the index (or the run after an indexed record) leads to is the
+/// event expected there.
+fn check_indexed(e: &RecordedEvent, stream: &str, revision: u64, position: u64) -> Result<()> {
+    if e.stream != stream || e.revision != revision || e.position != position {
+        return Err(LedgerError::Corrupt(format!(
+            "index says {stream:?}@{revision} is position {position}, the log holds \
+             {:?}@{} at position {}",
+            e.stream, e.revision, e.position
+        )));
+    }
+    Ok(())
+}
+
+/// Adds the next event of a stream read, which must continue the chain of the one before.
+fn push_in_order(out: &mut Vec<RecordedEvent>, e: RecordedEvent) {
+    if let Some(prev) = out.last() {
+        assert_eq!(e.predecessor_hash, prev.hash, "chain broken inside a read");
+    }
+    out.push(e);
 }
 
 fn verify_blocking(shared: &Shared) -> Result<VerifyReport> {

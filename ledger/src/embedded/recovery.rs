@@ -142,13 +142,14 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
             answer,
         };
         batch.add_command(first_e.command_id, &rec);
-        for (e, loc) in &pending {
+        for (index_in_append, (e, loc)) in pending.iter().enumerate() {
             batch.add_event(
                 &EventEntry {
                     position: e.position,
                     location: *loc,
                     stream: stream.clone(),
                     revision: e.revision,
+                    index_in_append: index_in_append as u64,
                 },
                 e.hash,
             );

@@ -46,7 +46,9 @@ async fn five_events(disk: &Arc<SimDisk>, index: &IndexStore) {
 
 /// Rewrites the record at `position` after `change`, with a valid checksum.
 fn tamper(disk: &SimDisk, index: &IndexStore, position: u64, change: impl Fn(&mut RecordedEvent)) {
-    let loc = index.location_of(position).unwrap().unwrap();
+    let loc = super::reader_at(disk, index, u64::MAX, position)
+        .unwrap()
+        .location();
     let (mut e, flags) = read_record_at(disk, loc).unwrap();
     change(&mut e);
     let mut buf = Vec::new();

@@ -276,6 +276,7 @@ impl Writer {
                     location,
                     stream: req.stream.clone(),
                     revision,
+                    index_in_append: i as u64,
                 },
                 e.hash,
             );
