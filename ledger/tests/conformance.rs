@@ -44,14 +44,17 @@ async fn append_and_read_stream(log: &dyn EventLog, prefix: &str) {
         event(2, "SeatAssigned"),
         event(3, "SeatAssigned"),
     ];
+    let command_id = Uuid::new_v4();
     let r = log
-        .append(&s, ExpectedRevision::NoStream, evs.clone(), Uuid::new_v4())
+        .append(&s, ExpectedRevision::NoStream, evs.clone(), command_id)
         .await
         .unwrap();
     assert_eq!(r.next_expected_revision, 2);
     assert!(r.first_position < r.last_position);
     let read = log.read_stream(&s, 0, 100).await.unwrap();
     assert_eq!(read.len(), 3);
+    // AUD-1: each stored event carries its id, stream, revision, position, type, schema
+    // version, time, actor, command id and correlation id, as appended.
     for (i, (got, sent)) in read.iter().zip(&evs).enumerate() {
         assert_eq!(got.revision, i as u64);
         assert_eq!(got.stream, s);
@@ -62,7 +65,9 @@ async fn append_and_read_stream(log: &dyn EventLog, prefix: &str) {
         assert_eq!(got.recorded_at, sent.recorded_at);
         assert_eq!(got.correlation_id, sent.correlation_id);
         assert_eq!(got.schema_version, sent.schema_version);
+        assert_eq!(got.position, r.first_position + i as u64);
     }
+    assert!(read.iter().all(|e| e.command_id == command_id));
     assert_eq!(read[0].position, r.first_position);
     assert_eq!(read[2].position, r.last_position);
     assert_eq!(read[0].predecessor_hash, GENESIS_HASH);
