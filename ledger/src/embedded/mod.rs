@@ -204,19 +204,25 @@ pub(crate) fn reader_at<'a>(
     })?;
     let mut reader = SegmentReader::new(storage, start, last_segment);
     for expected in indexed..position {
-        let Some((e, _, _, _)) = reader.next_record()? else {
-            return Err(LedgerError::Corrupt(format!(
-                "the log ends before committed position {expected}"
-            )));
-        };
-        if e.position != expected {
-            return Err(LedgerError::Corrupt(format!(
-                "found position {} where {expected} was expected",
-                e.position
-            )));
-        }
+        next_committed(&mut reader, expected)?;
     }
     Ok(reader)
+}
+
+/// The next record of a reader of the committed log, which must hold `expected`.
+fn next_committed(reader: &mut SegmentReader<'_>, expected: u64) -> Result<RecordedEvent> {
+    let Some((e, _, _, _)) = reader.next_record()? else {
+        return Err(LedgerError::Corrupt(format!(
+            "the log ends before committed position {expected}"
+        )));
+    };
+    if e.position != expected {
+        return Err(LedgerError::Corrupt(format!(
+            "found position {} where {expected} was expected",
+            e.position
+        )));
+    }
+    Ok(e)
 }
 
 /// Reads up to `max` committed events from `from` on, checking positions as it goes.
@@ -230,19 +236,7 @@ fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<Recor
     let mut reader = reader_at(shared.storage.as_ref(), &shared.index, last_segment, from)?;
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let expected = from + out.len() as u64;
-        let Some((e, _, _, _)) = reader.next_record()? else {
-            return Err(LedgerError::Corrupt(format!(
-                "the log ends before committed position {expected}"
-            )));
-        };
-        if e.position != expected {
-            return Err(LedgerError::Corrupt(format!(
-                "found position {} where {expected} was expected",
-                e.position
-            )));
-        }
-        out.push(e);
+        out.push(next_committed(&mut reader, from + out.len() as u64)?);
     }
     Ok(out)
 }

@@ -896,6 +896,16 @@ fn listen_overflows() -> Option<u64> {
     None
 }
 
+/// Whether a call failed because its connection closed under it (a refused connection's
+/// GOAWAY raced the call, or the connection was reset), as tonic reports that: Cancelled,
+/// Unknown or Internal, and never a timeout.
+fn closed_under_the_call(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Cancelled | Code::Unknown | Code::Internal
+    ) && !status.message().contains("Timeout")
+}
+
 /// A status with the chain of errors under it ("transport error" alone says little).
 fn describe_with_sources(status: &Status) -> String {
     let mut description = format!("{:?}: {}", status.code(), status.message());
@@ -940,9 +950,7 @@ async fn flood(address: &str) -> Flood {
             Ok(()) => flood.served += 1,
             Err(status) => match status.code() {
                 Code::Unavailable | Code::ResourceExhausted => flood.unavailable += 1,
-                Code::Cancelled | Code::Unknown | Code::Internal
-                    if !status.message().contains("Timeout") =>
-                {
+                _ if closed_under_the_call(&status) => {
                     flood.dropped.push(describe_with_sources(&status))
                 }
                 _ => flood.unclean.push(format!("{status:?}")),
@@ -1008,14 +1016,7 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         "more connections reset than a loaded loopback explains: {context}"
     );
     for _ in &outcome.dropped {
-        let channel = Channel::from_shared(server.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let request = process_staff(license("FLOOD"));
-        LicenseQueriesClient::new(channel)
-            .get_license(request)
+        read_flood_license(&server.address)
             .await
             .unwrap_or_else(|status| panic!("a retried call is served: {status:?}\n{context}"));
     }
@@ -1045,23 +1046,16 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
     );
     assert!(!server.has_exited());
     // The flood's connections are closed now, but the server frees their places only as it
-    // notices each close; until then it may still refuse, as a client told "retry later"
-    // would find. So retry on UNAVAILABLE, as such a client does, a bounded number of times.
+    // notices each close; until then it may still refuse a new one, answering UNAVAILABLE or
+    // closing it under the call (seen: Internal, GOAWAY NO_ERROR), as a client told "retry
+    // later" would find. So retry those, as such a client does, a bounded number of times.
     let mut refusals = 0;
     loop {
-        let channel = Channel::from_shared(server.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let request = process_staff(license("FLOOD"));
-        match LicenseQueriesClient::new(channel)
-            .get_license(request)
-            .await
-        {
+        match read_flood_license(&server.address).await {
             Ok(_) => break,
             Err(status)
-                if status.code() == Code::Unavailable && refusals < RETRIES_AFTER_FLOOD_MAX =>
+                if (status.code() == Code::Unavailable || closed_under_the_call(&status))
+                    && refusals < RETRIES_AFTER_FLOOD_MAX =>
             {
                 refusals += 1;
                 tokio::time::sleep(Duration::from_millis(RETRY_AFTER_FLOOD_PAUSE_MS)).await;
@@ -1070,6 +1064,20 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         }
     }
     server.stop().await.unwrap();
+}
+
+/// Reads the flood's license over a new connection of its own.
+async fn read_flood_license(address: &str) -> Result<(), Status> {
+    let channel = Channel::from_shared(address.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = process_staff(license("FLOOD"));
+    LicenseQueriesClient::new(channel)
+        .get_license(request)
+        .await
+        .map(|_| ())
 }
 
 /// How often a client retries a refused call after the flood has closed its connections.
