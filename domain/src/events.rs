@@ -246,11 +246,14 @@ fn decode_payload<T: DeserializeOwned>(
 }
 
 macro_rules! event_enum {
-    ($($variant:ident),+ $(,)?) => {
-        /// Every event the ledger records. The variant name is the stored type name.
+    ($($variant:ident: $held:ty),+ $(,)?) => {
+        /// Every event the ledger records. The variant name is the stored type name. The
+        /// two payloads much larger than the rest are boxed, so that an `Event` takes 64
+        /// bytes, not 128: a million-row import's decision holds a million of them (issue 7).
+        /// Boxing changes nothing stored: a box encodes as its contents.
         #[derive(Clone, Debug, PartialEq, Eq)]
         pub enum Event {
-            $($variant($variant)),+
+            $($variant($held)),+
         }
 
         impl Event {
@@ -276,7 +279,8 @@ macro_rules! event_enum {
 
             pub fn decode(event_type: &str, version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
                 match event_type {
-                    $(stringify!($variant) => decode_payload(event_type, version, bytes).map(Self::$variant),)+
+                    $(stringify!($variant) => decode_payload::<$variant>(event_type, version, bytes)
+                        .map(|payload| Self::$variant(payload.into())),)+
                     other => Err(DecodeError::UnknownType(other.chars().take(64).collect())),
                 }
             }
@@ -285,7 +289,7 @@ macro_rules! event_enum {
         $(
             impl From<$variant> for Event {
                 fn from(payload: $variant) -> Self {
-                    Self::$variant(payload)
+                    Self::$variant(payload.into())
                 }
             }
         )+
@@ -293,32 +297,36 @@ macro_rules! event_enum {
 }
 
 event_enum!(
-    LicenseIssued,
-    LicenseRenewed,
-    SeatsChanged,
-    LicenseAdminGranted,
-    LicenseAdminRevoked,
-    DomainAdminGranted,
-    DomainAdminRevoked,
-    UserAdded,
-    InviteSent,
-    InviteAccepted,
-    InviteRejected,
-    UserWaitlisted,
-    UserPromoted,
-    UserRemoved,
-    LicenseKeyRotated,
-    JoinLinkRotated,
-    FeaturePermissionSet,
-    AutoEnrollmentSet,
-    OuLinked,
-    OuUnlinked,
-    OuSynced,
-    OuSyncHeld,
-    OuSyncConfirmed,
-    DomainClaimed,
-    DomainReleased,
+    LicenseIssued: Box<LicenseIssued>,
+    LicenseRenewed: LicenseRenewed,
+    SeatsChanged: SeatsChanged,
+    LicenseAdminGranted: LicenseAdminGranted,
+    LicenseAdminRevoked: LicenseAdminRevoked,
+    DomainAdminGranted: DomainAdminGranted,
+    DomainAdminRevoked: DomainAdminRevoked,
+    UserAdded: UserAdded,
+    InviteSent: InviteSent,
+    InviteAccepted: InviteAccepted,
+    InviteRejected: InviteRejected,
+    UserWaitlisted: UserWaitlisted,
+    UserPromoted: UserPromoted,
+    UserRemoved: UserRemoved,
+    LicenseKeyRotated: LicenseKeyRotated,
+    JoinLinkRotated: JoinLinkRotated,
+    FeaturePermissionSet: FeaturePermissionSet,
+    AutoEnrollmentSet: AutoEnrollmentSet,
+    OuLinked: OuLinked,
+    OuUnlinked: OuUnlinked,
+    OuSynced: OuSynced,
+    OuSyncHeld: Box<OuSyncHeld>,
+    OuSyncConfirmed: OuSyncConfirmed,
+    DomainClaimed: DomainClaimed,
+    DomainReleased: DomainReleased,
 );
+
+// A decision of a million-row import holds a million events: a new payload larger than
+// `UserAdded` must be boxed like `LicenseIssued`, or every event grows with it.
+const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 
 impl Event {
     /// The member an event is about, for the history by user.

@@ -1007,6 +1007,10 @@ impl LicenseState {
             )));
         }
         let mut plan = self.plan(ctx);
+        // One event and one change per newcomer: sized once, a million-row import's lists
+        // are not regrown (and briefly held twice) twenty times over.
+        plan.events.reserve(newcomers.len());
+        plan.changed.reserve(newcomers.len());
         for email in newcomers {
             // INV-1: staff add at once; a license admin adds at once only users of a
             // domain they are domain admin of, and invites everyone else.

@@ -132,7 +132,7 @@ fn start_time() -> DateTime<Utc> {
 }
 
 fn issued(license: &LicenseId, seats: u32, at: DateTime<Utc>, admin: &Email) -> Event {
-    Event::LicenseIssued(LicenseIssued {
+    Event::from(LicenseIssued {
         license: license.clone(),
         license_type: LicenseType::District,
         seats,
