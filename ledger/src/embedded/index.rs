@@ -129,7 +129,7 @@ pub(crate) struct EventEntry {
 /// read skips at most this many records minus one.
 pub(crate) const INDEX_STRIDE_EVENTS: u64 = 1_024;
 
-/// The key-value pairs of a run of complete appends, ready to apply in one atomic batch.
+/// The key-value pairs of a run of complete appends, ready to apply (see [`IndexStore::apply`]).
 #[derive(Default)]
 pub(crate) struct IndexBatch {
     pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
