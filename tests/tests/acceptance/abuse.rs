@@ -984,10 +984,21 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         valid_until: "2099-12-31T23:59:59Z".into(),
         admins: vec![ADMIN.into()],
     });
-    LicenseCommandsClient::new(channel)
+    let issued_at = LicenseCommandsClient::new(channel.clone())
         .issue_license(request)
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .position;
+    // The flood reads the license: wait until the projections have it (a CI run's flood
+    // read it first, and two calls were NOT_FOUND).
+    let mut read = process_staff(license("FLOOD"));
+    read.metadata_mut()
+        .insert("x-min-position", issued_at.to_string().parse().unwrap());
+    LicenseQueriesClient::new(channel)
+        .get_license(read)
+        .await
+        .expect("the issued license is readable");
 
     // Under the default limit (4,096) every connection is served and none is refused. On
     // loaded machines a few dozen of a thousand simultaneous new connections have been seen
