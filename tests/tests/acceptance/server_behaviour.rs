@@ -381,10 +381,12 @@ async fn the_event_feed_filters_by_license_and_type_and_hides_secrets() {
         .add_users_by_email(request(add("S1", "s@north.edu"), None))
         .await
         .unwrap();
-    commands
+    let last = commands
         .add_users_by_email(request(add("T1", "t@north.edu"), None))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .position;
 
     let mut filtered = server
         .feed()
@@ -416,11 +418,15 @@ async fn the_event_feed_filters_by_license_and_type_and_hides_secrets() {
     let secrets = server
         .queries()
         .await
-        .get_license(request(
-            proto::LicenseRef {
-                license: "T1".into(),
-            },
-            None,
+        .get_license(with_header(
+            request(
+                proto::LicenseRef {
+                    license: "T1".into(),
+                },
+                None,
+            ),
+            "x-min-position",
+            &last.to_string(),
         ))
         .await
         .unwrap()
