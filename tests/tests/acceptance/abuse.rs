@@ -592,11 +592,8 @@ async fn every_rpc_refuses_every_wrong_scope_and_role() {
         .position;
     // The read waits for the projections to reach the last command (a loaded machine once
     // read the license before they had it: NOT_FOUND).
-    let mut read = staff(license("T1"));
-    read.metadata_mut()
-        .insert("x-min-position", head.to_string().parse().unwrap());
     let view = LicenseQueriesClient::new(channel.clone())
-        .get_license(read)
+        .get_license(crate::at_least(staff(license("T1")), head))
         .await
         .unwrap()
         .into_inner();
@@ -992,11 +989,8 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
         .position;
     // The flood reads the license: wait until the projections have it (a CI run's flood
     // read it first, and two calls were NOT_FOUND).
-    let mut read = process_staff(license("FLOOD"));
-    read.metadata_mut()
-        .insert("x-min-position", issued_at.to_string().parse().unwrap());
     LicenseQueriesClient::new(channel)
-        .get_license(read)
+        .get_license(crate::at_least(process_staff(license("FLOOD")), issued_at))
         .await
         .expect("the issued license is readable");
 

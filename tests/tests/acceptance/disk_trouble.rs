@@ -220,13 +220,12 @@ async fn a_full_disk_refuses_commands_and_loses_nothing_acknowledged() {
     let server = Server::start(&data).await;
     let mut queries = LicenseQueriesClient::new(server.channel().await);
     for (position, license) in acknowledged.iter().enumerate() {
-        let mut request = staff(proto::LicenseRef {
-            license: license.clone(),
-        });
         // Each issue is one event; wait until the projections have them all.
-        request.metadata_mut().insert(
-            "x-min-position",
-            acknowledged.len().to_string().parse().unwrap(),
+        let request = crate::at_least(
+            staff(proto::LicenseRef {
+                license: license.clone(),
+            }),
+            acknowledged.len() as u64,
         );
         let found = queries.get_license(request).await;
         assert!(

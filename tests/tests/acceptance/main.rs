@@ -22,6 +22,16 @@ pub fn with_bearer<T>(token: &str, message: T) -> tonic::Request<T> {
     request
 }
 
+/// `request`, read only once the projections have reached `position` (`x-min-position`):
+/// a test reads its own write.
+pub fn at_least<T>(mut request: tonic::Request<T>, position: u64) -> tonic::Request<T> {
+    request.metadata_mut().insert(
+        "x-min-position",
+        position.to_string().parse().expect("digits"),
+    );
+    request
+}
+
 /// The repository's scenario folder.
 pub fn scenario_folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")

@@ -107,14 +107,6 @@ fn system<T>(message: T) -> Request<T> {
     with_token(message, SYSTEM, None)
 }
 
-fn at_least<T>(mut request: Request<T>, position: u64) -> Request<T> {
-    request.metadata_mut().insert(
-        "x-min-position",
-        position.to_string().parse().expect("digits"),
-    );
-    request
-}
-
 struct Round {
     license: String,
     kind: Kind,
@@ -346,7 +338,7 @@ async fn prepare(
     }
     // The projections answer once they have reached the last command (read your writes).
     let view = queries
-        .get_license(at_least(
+        .get_license(crate::at_least(
             staff(proto::LicenseRef {
                 license: license.clone(),
             }),
@@ -408,7 +400,7 @@ async fn list_users(
     position: u64,
 ) -> BTreeSet<String> {
     queries
-        .list_users(at_least(
+        .list_users(crate::at_least(
             staff(proto::ListUsersRequest {
                 license: license.into(),
                 status: status.into(),
@@ -465,7 +457,7 @@ async fn play_round(channels: &[Channel], number: usize, free: u64) {
         .unwrap_or(0);
 
     let view = queries
-        .get_license(at_least(
+        .get_license(crate::at_least(
             staff(proto::LicenseRef {
                 license: round.license.clone(),
             }),

@@ -127,15 +127,14 @@ fn add(license: &str, emails: &str) -> proto::AddUsersByEmailRequest {
 }
 
 async fn users_count(server: &Server, license: &str, min_position: u64) -> u64 {
-    let request = with_header(
+    let request = crate::at_least(
         request(
             proto::LicenseRef {
                 license: license.into(),
             },
             None,
         ),
-        "x-min-position",
-        &min_position.to_string(),
+        min_position,
     );
     server
         .queries()
@@ -345,7 +344,7 @@ async fn deleted_projections_are_rebuilt_from_the_log() {
     let users = server
         .queries()
         .await
-        .list_users(with_header(
+        .list_users(crate::at_least(
             request(
                 proto::ListUsersRequest {
                     license: "L1".into(),
@@ -353,8 +352,7 @@ async fn deleted_projections_are_rebuilt_from_the_log() {
                 },
                 None,
             ),
-            "x-min-position",
-            &added.position.to_string(),
+            added.position,
         ))
         .await
         .unwrap()
@@ -418,15 +416,14 @@ async fn the_event_feed_filters_by_license_and_type_and_hides_secrets() {
     let secrets = server
         .queries()
         .await
-        .get_license(with_header(
+        .get_license(crate::at_least(
             request(
                 proto::LicenseRef {
                     license: "T1".into(),
                 },
                 None,
             ),
-            "x-min-position",
-            &last.to_string(),
+            last,
         ))
         .await
         .unwrap()
