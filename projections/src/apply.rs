@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::keys::{self, *};
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode, encode};
-use crate::{HISTORY_BLOCK_POSITIONS_MAX, ProjectedEvent, ProjectionError, SortColumn};
+use crate::{HISTORY_BLOCK_POSITIONS_MAX, ProjectedEvent, ProjectionError};
 
 /// The stream an event belongs to, parsed from its name.
 pub(crate) enum StreamName {
@@ -45,19 +45,6 @@ pub(crate) fn secret_hash(secret: &Secret) -> [u8; 32] {
     Sha256::digest(secret.expose().as_bytes()).into()
 }
 
-/// The bytes a member sorts by in the sort index of `column`. Strings sort as the
-/// reference does (by their names); times sort chronologically.
-pub(crate) fn sort_value(column: SortColumn, member: &MemberRecord) -> Vec<u8> {
-    match column {
-        SortColumn::Email => Vec::new(),
-        SortColumn::Status => member.status.as_str().as_bytes().to_vec(),
-        SortColumn::Source => member.source.as_str().as_bytes().to_vec(),
-        SortColumn::Role => member.role.as_str().as_bytes().to_vec(),
-        SortColumn::AddedAt => time_bytes(member.added_at).to_vec(),
-        SortColumn::AddedBy => member.added_by.to_string().into_bytes(),
-    }
-}
-
 /// Seconds (sign bit flipped) and nanoseconds, big-endian: byte order is time order.
 pub(crate) fn time_bytes(at: DateTime<Utc>) -> [u8; 12] {
     let mut bytes = [0u8; 12];
@@ -70,11 +57,52 @@ pub(crate) fn day_of(at: DateTime<Utc>) -> i64 {
     at.timestamp().div_euclid(86_400)
 }
 
-/// A member's presence changed on a license: the in-memory email lists follow.
+/// A member came, went, or changed a column the in-memory member lists keep (`cache`):
+/// those lists follow.
 pub(crate) struct MembershipChange {
     pub license: String,
     pub email: String,
-    pub present: bool,
+    /// The member's columns after the change; `None` when they are no longer a member.
+    pub after: Option<MemberColumns>,
+}
+
+/// What the in-memory member lists keep of a member: the columns Q-2 sorts and filters by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberColumns {
+    pub status: Status,
+    pub source: Source,
+    pub role: Role,
+    /// `time_bytes` of `added_at`.
+    pub added_at: [u8; 12],
+    /// The actor's display string.
+    pub added_by: String,
+}
+
+impl MemberColumns {
+    pub(crate) fn of(member: &MemberRecord) -> Self {
+        Self {
+            status: member.status,
+            source: member.source,
+            role: member.role,
+            added_at: time_bytes(member.added_at),
+            added_by: member.added_by.to_string(),
+        }
+    }
+}
+
+/// Whether a change moves what the in-memory member lists keep: presence or a column.
+fn cached_columns_differ(before: Option<&MemberRecord>, after: Option<&MemberRecord>) -> bool {
+    match (before, after) {
+        (None, None) => false,
+        (Some(before), Some(after)) => {
+            before.status != after.status
+                || before.source != after.source
+                || before.role != after.role
+                || before.added_at != after.added_at
+                || before.added_by != after.added_by
+        }
+        _ => true,
+    }
 }
 
 /// Folds events over the stored state of one generation: every key the events change is
@@ -678,8 +706,8 @@ impl BatchApplier {
         self.set_member(license, context, email, None)
     }
 
-    /// The one place a member changes: counts, sort index, the user's licenses, usage and
-    /// the in-memory email lists all follow from the before and after records.
+    /// The one place a member changes: counts, the user's licenses, usage and the in-memory
+    /// member lists all follow from the before and after records.
     fn set_member(
         &mut self,
         license: &mut LicenseRecord,
@@ -704,28 +732,6 @@ impl BatchApplier {
         }
         if let Some(new) = &after {
             *license.counts.slot(new.status) += 1;
-        }
-        for column in SortColumn::INDEXED {
-            let old_value = before.as_ref().map(|member| sort_value(column, member));
-            let new_value = after.as_ref().map(|member| sort_value(column, member));
-            if old_value == new_value {
-                continue;
-            }
-            if let Some(value) = old_value {
-                let is_stored = stored
-                    .as_ref()
-                    .is_some_and(|stored| sort_value(column, stored) == value);
-                self.remove(
-                    sort_key(id, column.code(), &value, email.as_str()),
-                    is_stored,
-                );
-            }
-            if let Some(value) = new_value {
-                self.put(
-                    sort_key(id, column.code(), &value, email.as_str()),
-                    Vec::new(),
-                );
-            }
         }
         let user_license = pair(
             PREFIX_USER_LICENSE,
@@ -752,12 +758,12 @@ impl BatchApplier {
             )?;
         }
         if let Some(changes) = &mut self.changes
-            && before.is_some() != after.is_some()
+            && cached_columns_differ(before.as_ref(), after.as_ref())
         {
             changes.push(MembershipChange {
                 license: id.to_owned(),
                 email: email.as_str().to_owned(),
-                present: after.is_some(),
+                after: after.as_ref().map(MemberColumns::of),
             });
         }
         self.members.insert(

@@ -1,45 +1,58 @@
-//! The emails of a license in memory, for Q-2's pattern searches. A pattern with no literal
-//! prefix cannot use the email-ordered keys; scanning half a million sled keys, or half a
-//! million separately allocated strings, takes hundreds of milliseconds. So each cached
-//! license also keeps its emails joined into one sorted text, `\nemail\nemail\n`, where one
-//! substring search of the pattern's longest literal piece runs over contiguous memory
-//! and only the lines it hits are checked against the whole pattern.
+//! The members of a license in memory, for Q-2's pattern searches and its sort orders and
+//! filters other than email order. A pattern with no literal prefix cannot use the
+//! email-ordered keys; scanning half a million sled keys, or half a million separately
+//! allocated strings, takes hundreds of milliseconds. So each cached license keeps its
+//! emails joined into one sorted text, `\nemail\nemail\n`, where one substring search of
+//! the pattern's longest literal piece runs over contiguous memory and only the lines it
+//! hits are checked against the whole pattern. Beside each email it keeps the columns a
+//! page can be sorted or filtered by (status, source, role, added_at, added_by: 20 bytes),
+//! so a sorted or filtered page is chosen in memory and only its rows are read from sled.
+//! Since projection schema 3 this replaces the sled sort index, which cost five keys per
+//! member on every write (issue 7).
 //!
-//! The lists are derived data: loaded from the member keys on first use, told of every
-//! membership change by the projector after each write, and re-joined with those changes by
-//! the next search (or once they pile up). Their memory is bounded by
-//! `EMAIL_CACHE_BYTES_MAX` in all and `EMAIL_CACHE_LICENSES_MAX` licenses.
+//! The lists are derived data: loaded from the member records on first use, told of every
+//! member change that moves one of these columns by the projector after each write, and
+//! re-joined with those changes by the next query (or once they pile up). Their memory is
+//! bounded by `MEMBER_CACHE_BYTES_MAX` in all and `MEMBER_CACHE_LICENSES_MAX` licenses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::apply::MembershipChange;
+use domain::{Role, Source, Status};
+
+use crate::apply::{MemberColumns, MembershipChange};
 use crate::keys::{PREFIX_MEMBER, scope};
+use crate::records::{MemberRecord, decode};
 use crate::{
-    EMAIL_CACHE_BYTES_MAX, EMAIL_CACHE_LICENSES_MAX, EMAIL_CACHE_PENDING_CHANGES_MAX,
-    ProjectionError,
+    MEMBER_CACHE_BYTES_MAX, MEMBER_CACHE_LICENSES_MAX, MEMBER_CACHE_PENDING_CHANGES_MAX,
+    ProjectionError, SortColumn,
 };
 
-/// One cached license: its emails as one sorted text, and the membership changes the
-/// projector made since the text was joined. Only the text holds the emails (no set of
-/// separately allocated strings beside it), so a cached email costs its length plus five
-/// bytes.
-struct LicenseEmails {
-    /// Shared with searches under way, so a search holds no lock while it reads.
+/// One cached license: its members as one sorted text with their columns, and the member
+/// changes the projector made since the text was joined. Only the text holds the emails
+/// (no set of separately allocated strings beside it), so a cached member costs its email's
+/// length plus 25 bytes.
+struct LicenseMembers {
+    /// Shared with queries under way, so a query holds no lock while it reads.
     joined: Arc<Joined>,
-    /// email -> present after the change, applied to the text by the next search (or at
-    /// once when they pile up past `EMAIL_CACHE_PENDING_CHANGES_MAX`).
-    pending: BTreeMap<String, bool>,
+    /// email -> the member's columns after the change (`None`: no longer a member), applied
+    /// to the text by the next query (or at once when they pile up past
+    /// `MEMBER_CACHE_PENDING_CHANGES_MAX`).
+    pending: BTreeMap<String, Option<MemberColumns>>,
 }
 
-impl LicenseEmails {
+impl LicenseMembers {
     fn bytes(&self) -> usize {
         self.joined.bytes()
             + self
                 .pending
-                .keys()
-                .map(|email| email.len() + PENDING_ENTRY_OVERHEAD_BYTES)
+                .iter()
+                .map(|(email, columns)| {
+                    email.len()
+                        + columns.as_ref().map_or(0, |columns| columns.added_by.len())
+                        + PENDING_ENTRY_OVERHEAD_BYTES
+                })
                 .sum::<usize>()
     }
 
@@ -49,45 +62,65 @@ impl LicenseEmails {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let mut builder = JoinedBuilder::with_capacity(self.joined.text.len(), self.joined.len());
+        let old = &self.joined;
+        let mut builder = JoinedBuilder::with_capacity(old.text.len(), old.len());
         let mut changes = pending.into_iter().peekable();
-        for index in 0..self.joined.len() {
-            let email = self.joined.email(index);
-            while let Some((changed, present)) =
+        for index in 0..old.len() {
+            let email = old.email(index);
+            while let Some((changed, columns)) =
                 changes.next_if(|(changed, _)| changed.as_str() < email)
             {
-                if present {
-                    builder.push(&changed);
+                if let Some(columns) = columns {
+                    builder.push(&changed, &columns);
                 }
             }
             match changes.next_if(|(changed, _)| changed.as_str() == email) {
-                Some((_, false)) => {}
-                _ => builder.push(email),
+                Some((_, Some(columns))) => builder.push(email, &columns),
+                Some((_, None)) => {}
+                None => builder.push_cached(email, old.columns(index), old.actor(index)),
             }
         }
-        for (changed, present) in changes {
-            if present {
-                builder.push(&changed);
+        for (changed, columns) in changes {
+            if let Some(columns) = columns {
+                builder.push(&changed, &columns);
             }
         }
         self.joined = Arc::new(builder.finish());
     }
 }
 
-/// A pending change's bookkeeping besides the email itself (map node and flag), roughly.
-const PENDING_ENTRY_OVERHEAD_BYTES: usize = 48;
+/// A pending change's bookkeeping besides its strings (map node, columns), roughly.
+const PENDING_ENTRY_OVERHEAD_BYTES: usize = 96;
 
-struct Joined {
+/// The columns of one cached member. `added_at` is kept as its sort bytes and `added_by`
+/// as an index into the license's list of distinct actors (a license has few).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CachedColumns {
+    pub status: Status,
+    pub source: Source,
+    pub role: Role,
+    added_at: [u8; 12],
+    added_by: u32,
+}
+
+pub(crate) struct Joined {
     /// Every email in order, each preceded and followed by a newline.
     text: String,
     /// Where each email starts in `text`; u32 halves the index of a large license, and
     /// `JoinedBuilder::push` asserts the text stays below 4 GiB.
     starts: Vec<u32>,
+    /// Each email's columns, by the same index.
+    columns: Vec<CachedColumns>,
+    /// The distinct `added_by` display strings.
+    actors: Vec<String>,
 }
 
 struct JoinedBuilder {
     text: String,
     starts: Vec<u32>,
+    columns: Vec<CachedColumns>,
+    actors: Vec<String>,
+    actor_indexes: HashMap<String, u32>,
 }
 
 impl JoinedBuilder {
@@ -97,42 +130,97 @@ impl JoinedBuilder {
         Self {
             text,
             starts: Vec::with_capacity(emails),
+            columns: Vec::with_capacity(emails),
+            actors: Vec::new(),
+            actor_indexes: HashMap::new(),
         }
     }
 
-    /// Appends the next email; emails come in strictly increasing order.
-    fn push(&mut self, email: &str) {
+    fn actor_index(&mut self, actor: &str) -> u32 {
+        if let Some(index) = self.actor_indexes.get(actor) {
+            return *index;
+        }
+        let index = u32::try_from(self.actors.len()).expect("fewer than 4 billion actors");
+        self.actors.push(actor.to_owned());
+        self.actor_indexes.insert(actor.to_owned(), index);
+        index
+    }
+
+    /// Appends the next member; emails come in strictly increasing order.
+    fn push(&mut self, email: &str, columns: &MemberColumns) {
+        let added_by = self.actor_index(&columns.added_by);
+        self.push_email(
+            email,
+            CachedColumns {
+                status: columns.status,
+                source: columns.source,
+                role: columns.role,
+                added_at: columns.added_at,
+                added_by,
+            },
+        );
+    }
+
+    /// Appends a member copied from another joined text, whose actor is `actor`.
+    fn push_cached(&mut self, email: &str, columns: &CachedColumns, actor: &str) {
+        let added_by = self.actor_index(actor);
+        self.push_email(
+            email,
+            CachedColumns {
+                added_by,
+                ..*columns
+            },
+        );
+    }
+
+    fn push_email(&mut self, email: &str, columns: CachedColumns) {
         let start = u32::try_from(self.text.len()).expect("a cached email text stays below 4 GiB");
         debug_assert!(!email.contains('\n'), "emails hold no newline");
+        debug_assert!(
+            self.starts.is_empty() || self.last_email() < email,
+            "cached emails are strictly increasing"
+        );
         self.starts.push(start);
+        self.columns.push(columns);
         self.text.push_str(email);
         self.text.push('\n');
+    }
+
+    fn last_email(&self) -> &str {
+        let start = *self.starts.last().expect("not empty") as usize;
+        &self.text[start..self.text.len() - 1]
     }
 
     fn finish(mut self) -> Joined {
         self.text.shrink_to_fit();
         self.starts.shrink_to_fit();
+        self.columns.shrink_to_fit();
         Joined {
             text: self.text,
             starts: self.starts,
+            columns: self.columns,
+            actors: self.actors,
         }
     }
 }
 
 impl Joined {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.starts.len()
     }
 
     fn bytes(&self) -> usize {
-        self.text.capacity() + self.starts.capacity() * std::mem::size_of::<u32>()
+        self.text.capacity()
+            + self.starts.capacity() * std::mem::size_of::<u32>()
+            + self.columns.capacity() * std::mem::size_of::<CachedColumns>()
+            + self.actors.iter().map(String::capacity).sum::<usize>()
     }
 
     fn start(&self, index: usize) -> usize {
         self.starts[index] as usize
     }
 
-    fn email(&self, index: usize) -> &str {
+    pub(crate) fn email(&self, index: usize) -> &str {
         let start = self.start(index);
         let end = match self.starts.get(index + 1) {
             Some(next) => *next as usize - 1,
@@ -141,9 +229,31 @@ impl Joined {
         &self.text[start..end]
     }
 
+    pub(crate) fn columns(&self, index: usize) -> &CachedColumns {
+        &self.columns[index]
+    }
+
+    fn actor(&self, index: usize) -> &str {
+        &self.actors[self.columns[index].added_by as usize]
+    }
+
+    /// The bytes member `index` sorts by in `column`: the same bytes as
+    /// `apply::sort_value` of its record, so page tokens mean the same either way.
+    pub(crate) fn sort_value(&self, index: usize, column: SortColumn) -> &[u8] {
+        let columns = &self.columns[index];
+        match column {
+            SortColumn::Email => &[],
+            SortColumn::Status => columns.status.as_str().as_bytes(),
+            SortColumn::Source => columns.source.as_str().as_bytes(),
+            SortColumn::Role => columns.role.as_str().as_bytes(),
+            SortColumn::AddedAt => &columns.added_at,
+            SortColumn::AddedBy => self.actor(index).as_bytes(),
+        }
+    }
+
     /// The index of the first email not below `bound` (for a lower bound) or the index
     /// after the last email not above it (for an upper bound).
-    fn index(&self, bound: Bound<&str>, lower: bool) -> usize {
+    pub(crate) fn index(&self, bound: Bound<&str>, lower: bool) -> usize {
         let email_at = |index: usize| self.email(index);
         match (bound, lower) {
             (Bound::Unbounded, true) => 0,
@@ -157,11 +267,12 @@ impl Joined {
         }
     }
 
-    /// The line of `text` holding byte `at`.
-    fn line_at(&self, at: usize) -> (usize, usize) {
+    /// The line of `text` holding byte `at`, and the index of its email.
+    fn line_at(&self, at: usize) -> (usize, usize, usize) {
         let start = self.text[..at].rfind('\n').map_or(0, |newline| newline + 1);
         let end = at + self.text[at..].find('\n').unwrap_or(self.text.len() - at);
-        (start, end)
+        let index = partition(self.starts.len(), |index| self.start(index) < start);
+        (start, end, index)
     }
 }
 
@@ -189,27 +300,17 @@ pub(crate) struct Search<'a> {
 }
 
 #[derive(Default)]
-pub(crate) struct EmailCache {
-    licenses: RwLock<HashMap<String, LicenseEmails>>,
+pub(crate) struct MemberCache {
+    licenses: RwLock<HashMap<String, LicenseMembers>>,
 }
 
-impl EmailCache {
-    /// Offers each email of the license within the bounds that contains the needle, in
-    /// email order (or reversed), to `visit` until it returns true. `visit` still checks the
-    /// whole pattern: the needle is only a necessary condition.
-    pub(crate) fn search(
+impl MemberCache {
+    /// The license's members with every change told so far, loaded on first use.
+    pub(crate) fn current(
         &self,
         tree: &sled::Tree,
         license: &str,
-        search: &Search<'_>,
-        visit: impl FnMut(&str) -> Result<bool, ProjectionError>,
-    ) -> Result<(), ProjectionError> {
-        let joined = self.current(tree, license)?;
-        search_joined(&joined, search, visit)
-    }
-
-    /// The license's emails with every change told so far, loaded on first use.
-    fn current(&self, tree: &sled::Tree, license: &str) -> Result<Arc<Joined>, ProjectionError> {
+    ) -> Result<Arc<Joined>, ProjectionError> {
         {
             let licenses = self.licenses.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = licenses.get(license)
@@ -230,7 +331,7 @@ impl EmailCache {
             return Ok(Arc::clone(&entry.joined));
         }
         let joined = Arc::new(load(tree, license)?);
-        let entry = LicenseEmails {
+        let entry = LicenseMembers {
             joined: Arc::clone(&joined),
             pending: BTreeMap::new(),
         };
@@ -238,15 +339,15 @@ impl EmailCache {
         // Other licenses go until this one fits (any may go: its next search loads it
         // again); a license larger than the whole budget is searched but not kept.
         while !licenses.is_empty()
-            && (licenses.len() >= EMAIL_CACHE_LICENSES_MAX
-                || total_bytes(&licenses) + needed > EMAIL_CACHE_BYTES_MAX)
+            && (licenses.len() >= MEMBER_CACHE_LICENSES_MAX
+                || total_bytes(&licenses) + needed > MEMBER_CACHE_BYTES_MAX)
         {
             let Some(evicted) = licenses.keys().next().cloned() else {
                 break;
             };
             licenses.remove(&evicted);
         }
-        if needed <= EMAIL_CACHE_BYTES_MAX {
+        if needed <= MEMBER_CACHE_BYTES_MAX {
             licenses.insert(license.to_owned(), entry);
         }
         Ok(joined)
@@ -262,8 +363,10 @@ impl EmailCache {
             .unwrap_or_else(PoisonError::into_inner);
         for change in changes {
             if let Some(entry) = licenses.get_mut(&change.license) {
-                entry.pending.insert(change.email.clone(), change.present);
-                if entry.pending.len() > EMAIL_CACHE_PENDING_CHANGES_MAX {
+                entry
+                    .pending
+                    .insert(change.email.clone(), change.after.clone());
+                if entry.pending.len() > MEMBER_CACHE_PENDING_CHANGES_MAX {
                     entry.merge_pending();
                 }
             }
@@ -271,31 +374,35 @@ impl EmailCache {
     }
 }
 
-fn total_bytes(licenses: &HashMap<String, LicenseEmails>) -> usize {
-    licenses.values().map(LicenseEmails::bytes).sum()
+fn total_bytes(licenses: &HashMap<String, LicenseMembers>) -> usize {
+    licenses.values().map(LicenseMembers::bytes).sum()
 }
 
 fn load(tree: &sled::Tree, license: &str) -> Result<Joined, ProjectionError> {
     let member_scope = scope(PREFIX_MEMBER, license.as_bytes());
     let mut builder = JoinedBuilder::with_capacity(0, 0);
     for item in tree.scan_prefix(&member_scope) {
-        let (key, _) = item?;
+        let (key, value) = item?;
         let email = std::str::from_utf8(&key[member_scope.len()..]).map_err(|_| {
             ProjectionError::Corrupt {
                 what: "member key",
                 reason: "email not UTF-8".into(),
             }
         })?;
-        builder.push(email);
+        let member: MemberRecord = decode("member record", &value)?;
+        builder.push(email, &MemberColumns::of(&member));
     }
     Ok(builder.finish())
 }
 
-/// One substring search of the needle over the region of the text within the bounds.
-fn search_joined(
+/// Offers each email within the bounds that contains the needle, with its index, in email
+/// order (or reversed), to `visit` until it returns true: one substring search of the
+/// needle over the region of the text within the bounds. `visit` still checks the whole
+/// pattern: the needle is only a necessary condition.
+pub(crate) fn search_joined(
     joined: &Joined,
     search: &Search<'_>,
-    mut visit: impl FnMut(&str) -> Result<bool, ProjectionError>,
+    mut visit: impl FnMut(usize, &str) -> Result<bool, ProjectionError>,
 ) -> Result<(), ProjectionError> {
     if crate::queries::string_bounds_are_empty(&search.lower, &search.upper) {
         return Ok(());
@@ -320,11 +427,11 @@ fn search_joined(
             };
             // A match may start on the newline before the region's first email (a needle
             // beginning with a newline); its line lies outside the region.
-            let (line_start, line_end) = joined.line_at(region_start + found);
+            let (line_start, line_end, index) = joined.line_at(region_start + found);
             if line_start <= region_start {
                 return Ok(());
             }
-            if visit(&text[line_start..line_end])? {
+            if visit(index, &text[line_start..line_end])? {
                 return Ok(());
             }
             upto = line_start - 1;
@@ -335,8 +442,8 @@ fn search_joined(
             let Some(found) = text[from..region_end].find(search.needle) else {
                 return Ok(());
             };
-            let (line_start, line_end) = joined.line_at(from + found);
-            if line_start >= from && visit(&text[line_start..line_end])? {
+            let (line_start, line_end, index) = joined.line_at(from + found);
+            if line_start >= from && visit(index, &text[line_start..line_end])? {
                 return Ok(());
             }
             from = line_end + 1;

@@ -11,8 +11,8 @@ pub(crate) const PREFIX_META: u8 = 0x00;
 pub(crate) const PREFIX_LICENSE: u8 = 0x01;
 /// license id 0 email -> `MemberRecord` (Q-2, ordered by email).
 pub(crate) const PREFIX_MEMBER: u8 = 0x02;
-/// license id 0 column value 0 email -> nothing (Q-2 sort orders other than email).
-pub(crate) const PREFIX_MEMBER_SORT: u8 = 0x03;
+// 0x03 held the sort index (license id 0 column value 0 email) up to schema 2; Q-2's other
+// orders now come from the in-memory member lists, and the byte stays unused.
 /// email 0 license id -> status name (Q-3, Q-4 invites).
 pub(crate) const PREFIX_USER_LICENSE: u8 = 0x04;
 /// domain 0 email -> nothing (the domain admins of a domain, for the command context).
@@ -36,7 +36,6 @@ pub(crate) const PREFIX_CLAIM: u8 = 0x0c;
 pub(crate) const READ_MODELS: &[(u8, &str)] = &[
     (PREFIX_LICENSE, "licenses"),
     (PREFIX_MEMBER, "members"),
-    (PREFIX_MEMBER_SORT, "member_sort_index"),
     (PREFIX_USER_LICENSE, "user_licenses"),
     (PREFIX_DOMAIN_ADMIN, "domain_admins"),
     (PREFIX_USER_DOMAIN, "user_domains"),
@@ -87,23 +86,6 @@ pub(crate) fn pair(prefix: u8, first: &[u8], second: &[u8]) -> Vec<u8> {
 /// `prefix first 0 position`, for the history indexes.
 pub(crate) fn positioned(prefix: u8, first: &[u8], position: u64) -> Vec<u8> {
     pair(prefix, first, &position.to_be_bytes())
-}
-
-/// The member sort index scope of one column of one license.
-pub(crate) fn sort_scope(license: &str, column: u8) -> Vec<u8> {
-    let mut key = scope(PREFIX_MEMBER_SORT, license.as_bytes());
-    key.push(column);
-    key
-}
-
-/// `sort_scope value 0 email`. The separator after the value keeps a shorter value before
-/// every longer value it is a prefix of, as string order wants.
-pub(crate) fn sort_key(license: &str, column: u8, value: &[u8], email: &str) -> Vec<u8> {
-    let mut key = sort_scope(license, column);
-    key.extend_from_slice(value);
-    key.push(SEPARATOR);
-    key.extend_from_slice(email.as_bytes());
-    key
 }
 
 /// Days since 1970-01-01 with the sign bit flipped, so that byte order is numeric order for
@@ -159,12 +141,6 @@ mod tests {
             assert!(day_bytes(window[0]) < day_bytes(window[1]));
         }
         assert_eq!(day_from_bytes(&day_bytes(-5)), Some(-5));
-    }
-
-    #[test]
-    fn sort_keys_order_shorter_values_first() {
-        // "a" sorts before "ab" whatever the emails are.
-        assert!(sort_key("l", 1, b"a", "zz@x.org") < sort_key("l", 1, b"ab", "a@x.org"));
     }
 
     #[test]

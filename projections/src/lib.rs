@@ -28,7 +28,9 @@ pub use records::StatusCounts;
 
 /// The version of the key layout and record encodings. Changing it makes `open` report
 /// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 2;
+/// Version 3 dropped the sled sort index (prefix `03`): sorted and filtered pages are
+/// chosen from the in-memory member lists (`cache`).
+pub const PROJECTION_SCHEMA_VERSION: u32 = 3;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch,
 /// and above all sled's: sled keeps every node version a batch replaces until the batch
 /// ends, so the peak RSS grows with the batch (measured: 10,000 UserAdded events peaked
@@ -36,16 +38,15 @@ pub const PROJECTION_SCHEMA_VERSION: u32 = 2;
 pub const APPLY_BATCH_EVENTS_MAX: usize = 2_000;
 /// the most rows one ListUsers page holds.
 pub const LIST_USERS_PAGE_SIZE_MAX: usize = 1_000;
-/// a pattern search whose matches are at most this many sorts them in memory; more
-/// matches are read through the sort index instead, where a page fills quickly.
-pub const LIST_USERS_CANDIDATES_IN_MEMORY_MAX: usize = 20_000;
-/// How many licenses keep their email list in memory for `%pattern%` searches.
-pub const EMAIL_CACHE_LICENSES_MAX: usize = 32;
-/// The memory those email lists may take in all (a million emails of 30 characters take
-/// about 35 MiB). A license larger than this is searched from sled every time.
-pub const EMAIL_CACHE_BYTES_MAX: usize = 128 << 20;
-/// Membership changes kept beside a cached email list before they are merged into it.
-pub const EMAIL_CACHE_PENDING_CHANGES_MAX: usize = 100_000;
+/// How many licenses keep their member list in memory for Q-2's `%pattern%` searches,
+/// sort orders and filters.
+pub const MEMBER_CACHE_LICENSES_MAX: usize = 32;
+/// The memory those member lists may take in all (a million members with emails of 30
+/// characters take about 55 MiB). A license larger than this is loaded from sled for
+/// every such query and not kept.
+pub const MEMBER_CACHE_BYTES_MAX: usize = 256 << 20;
+/// Member changes kept beside a cached member list before they are merged into it.
+pub const MEMBER_CACHE_PENDING_CHANGES_MAX: usize = 100_000;
 /// sled's page cache (its default is 1 GiB). The projections are rebuilt from the log
 /// when lost, so the cache only trades query speed for memory.
 pub const SLED_CACHE_CAPACITY_BYTES: u64 = 64 << 20;
@@ -132,15 +133,6 @@ pub enum SortColumn {
 }
 
 impl SortColumn {
-    /// The columns with a sort index; email order is the member tree itself.
-    pub(crate) const INDEXED: [SortColumn; 5] = [
-        SortColumn::Status,
-        SortColumn::Source,
-        SortColumn::Role,
-        SortColumn::AddedAt,
-        SortColumn::AddedBy,
-    ];
-
     pub(crate) fn code(self) -> u8 {
         match self {
             Self::Email => 0,
@@ -202,7 +194,7 @@ pub(crate) struct Generation {
     /// The projector is the only writer; the lock turns a second concurrent writer, which
     /// would be a bug, into waiting instead of a corrupted batch.
     writer: Mutex<()>,
-    emails: cache::EmailCache,
+    members: cache::MemberCache,
 }
 
 const GENERATION_TREE_PREFIX: &str = "generation-";
@@ -216,7 +208,7 @@ impl Generation {
             name,
             tree,
             writer: Mutex::new(()),
-            emails: cache::EmailCache::default(),
+            members: cache::MemberCache::default(),
         })
     }
 
@@ -268,9 +260,11 @@ impl Generation {
         }
         let (batch, changes) = applier.finish(last.position);
         self.tree.apply_batch(batch)?;
-        // The in-memory email lists follow only after the write, so a reader that loads
+        // The in-memory member lists follow only after the write, so a reader that loads
         // a list meanwhile sees the stored state and these idempotent changes fix it up.
-        self.emails.apply(&changes);
+        // They follow before the checkpoint is published, so a reader waiting for this
+        // position (read-your-writes) finds them in the lists.
+        self.members.apply(&changes);
         Ok(last.position)
     }
 

@@ -2,7 +2,7 @@
 //! decision; these answer whoever asks.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -11,23 +11,18 @@ use domain::{
     DomainName, Email, FeatureName, LicenseId, LicenseType, OuPath, Role, Secret, Source, Status,
 };
 
-use crate::apply::{day_of, decode_history_block, secret_hash, sort_value};
-use crate::cache::Search;
+use crate::apply::{day_of, decode_history_block, secret_hash};
+use crate::cache::{CachedColumns, Joined, Search, search_joined};
 use crate::keys::*;
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode};
 use crate::{
-    Generation, HISTORY_PAGE_SIZE_MAX, LIST_USERS_CANDIDATES_IN_MEMORY_MAX,
-    LIST_USERS_PAGE_SIZE_MAX, ProjectionError, Projections, SortColumn, USAGE_BUCKETS_MAX,
-    USER_LISTING_ROWS_MAX,
+    Generation, HISTORY_PAGE_SIZE_MAX, LIST_USERS_PAGE_SIZE_MAX, ProjectionError, Projections,
+    SortColumn, USAGE_BUCKETS_MAX, USER_LISTING_ROWS_MAX,
 };
 
 /// The longest page token `list_users` reads; longer ones cannot be ours.
 pub const PAGE_TOKEN_LENGTH_MAX_CHARS: usize = 2_048;
 const PAGE_TOKEN_VERSION: u8 = 1;
-/// What reading one member record costs, in sort index keys walked (measured roughly).
-const IN_MEMORY_READ_COST_KEYS: u64 = 5;
-/// The width of an `added_at` sort value (`apply::time_bytes`).
-const TIME_VALUE_LENGTH_BYTES: usize = 12;
 
 /// a license with its counts. `key` and `link` are here for admins and staff; the
 /// server leaves them out for anyone else, and `Secret` never prints.
@@ -111,6 +106,21 @@ impl ListUsersRequest {
             && self.role_is_not.is_none_or(|role| member.role != role)
             && self.status.is_none_or(|status| member.status == status)
             && self.source.is_none_or(|source| member.source == source)
+    }
+
+    /// `accepts` over the columns a member list keeps in memory.
+    fn accepts_columns(&self, columns: &CachedColumns) -> bool {
+        self.role_is.is_none_or(|role| columns.role == role)
+            && self.role_is_not.is_none_or(|role| columns.role != role)
+            && self.status.is_none_or(|status| columns.status == status)
+            && self.source.is_none_or(|source| columns.source == source)
+    }
+
+    fn filters_columns(&self) -> bool {
+        self.role_is.is_some()
+            || self.role_is_not.is_some()
+            || self.status.is_some()
+            || self.source.is_some()
     }
 }
 
@@ -383,9 +393,9 @@ impl Projections {
             .map(|token| decode_token(token, request.sort, request.descending))
             .transpose()?;
         let generation = self.generation();
-        let Some(license_record) = license_record(&generation, &request.license)? else {
+        if license_record(&generation, &request.license)?.is_none() {
             return Err(ProjectionError::LicenseNotFound);
-        };
+        }
         let parsed = request
             .pattern
             .as_deref()
@@ -407,35 +417,27 @@ impl Projections {
             rows: Vec::new(),
             limit: request.page_size + 1,
         };
+        // Email order without filters reads the member records in order straight from
+        // sled; every other page is chosen from the license's in-memory member list.
         match (pattern, request.sort) {
-            (None, SortColumn::Email) => match filter_group(request) {
-                Some((column, value)) => {
-                    stream_group_by_email(&mut collector, column, &value, cursor.as_ref())?
-                }
-                None => stream_members(&mut collector, cursor.as_ref())?,
-            },
-            (None, column) => stream_index(&mut collector, column, cursor.as_ref())?,
-            (Some(pattern), SortColumn::Email) => cached_email_order(
+            (None, SortColumn::Email) if !request.filters_columns() => {
+                stream_members(&mut collector, cursor.as_ref())?
+            }
+            (_, SortColumn::Email) => cached_email_order(
                 &generation,
                 &mut collector,
                 pattern,
                 &needle,
                 cursor.as_ref(),
             )?,
-            (Some(pattern), column) => {
-                let license = request.license.as_str();
-                let in_memory_max = in_memory_candidates_max(&license_record, request.page_size);
-                let candidates =
-                    pattern_matches(&generation, license, pattern, &needle, in_memory_max + 1)?;
-                if candidates.len() <= in_memory_max {
-                    sort_in_memory(&mut collector, column, candidates, cursor.as_ref())?;
-                } else {
-                    // Many matches: they are dense, so the sort index fills a page soon.
-                    // (Matches bunched at the far end of the order make this slower; the
-                    // plan assumes they are spread.)
-                    stream_index(&mut collector, column, cursor.as_ref())?;
-                }
-            }
+            (_, column) => cached_sorted(
+                &generation,
+                &mut collector,
+                column,
+                pattern,
+                &needle,
+                cursor.as_ref(),
+            )?,
         }
         let mut rows = collector.rows;
         let next_page_token = if rows.len() > request.page_size {
@@ -834,173 +836,6 @@ fn stream_members(
     Ok(())
 }
 
-/// An equality filter whose sort index group lists exactly the members it keeps, in email
-/// order: a rare status or source is then read without visiting every member.
-fn filter_group(request: &ListUsersRequest) -> Option<(SortColumn, Vec<u8>)> {
-    if let Some(status) = request.status {
-        return Some((SortColumn::Status, status.as_str().as_bytes().to_vec()));
-    }
-    if let Some(source) = request.source {
-        return Some((SortColumn::Source, source.as_str().as_bytes().to_vec()));
-    }
-    request
-        .role_is
-        .map(|role| (SortColumn::Role, role.as_str().as_bytes().to_vec()))
-}
-
-/// Email order within one value group of a sort index, in either direction.
-fn stream_group_by_email(
-    collector: &mut Collector<'_>,
-    column: SortColumn,
-    value: &[u8],
-    cursor: Option<&Cursor>,
-) -> Result<(), ProjectionError> {
-    let mut group = sort_scope(collector.request.license.as_str(), column.code());
-    group.extend_from_slice(value);
-    group.push(SEPARATOR);
-    let group_end = prefix_end(&group).expect("a group ends in zero");
-    let after_cursor = |cursor: &Cursor| {
-        let mut key = group.clone();
-        key.extend_from_slice(cursor.email.as_bytes());
-        key
-    };
-    let descending = collector.request.descending;
-    let (lower, upper) = match (cursor, descending) {
-        (Some(cursor), false) => (
-            Bound::Excluded(after_cursor(cursor)),
-            Bound::Excluded(group_end),
-        ),
-        (Some(cursor), true) => (
-            Bound::Included(group.clone()),
-            Bound::Excluded(after_cursor(cursor)),
-        ),
-        (None, _) => (Bound::Included(group.clone()), Bound::Excluded(group_end)),
-    };
-    if bounds_are_empty(&lower, &upper) {
-        return Ok(());
-    }
-    let range = collector.tree.range((lower, upper));
-    let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
-    };
-    for item in items {
-        let (key, _) = item?;
-        let email = std::str::from_utf8(&key[group.len()..]).map_err(|_| corrupt("sort key"))?;
-        if collector.offer(email, &[], None)? {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Splits a sort index key after its scope into the value and the email.
-fn split_sort_key(column: SortColumn, rest: &[u8]) -> Result<(&[u8], &str), ProjectionError> {
-    let value_length = if column == SortColumn::AddedAt {
-        TIME_VALUE_LENGTH_BYTES
-    } else {
-        rest.iter()
-            .position(|byte| *byte == SEPARATOR)
-            .ok_or_else(|| corrupt("sort key"))?
-    };
-    if rest.len() <= value_length {
-        return Err(corrupt("sort key"));
-    }
-    let email = std::str::from_utf8(&rest[value_length + 1..]).map_err(|_| corrupt("sort key"))?;
-    Ok((&rest[..value_length], email))
-}
-
-/// Scans one value group of the sort index (every key starting with `group`) forward from
-/// `lower`; returns true once the page is full.
-fn scan_group(
-    collector: &mut Collector<'_>,
-    column: SortColumn,
-    index_scope: &[u8],
-    lower: Bound<Vec<u8>>,
-    upper: Vec<u8>,
-) -> Result<bool, ProjectionError> {
-    for item in collector.tree.range((lower, Bound::Excluded(upper))) {
-        let (key, _) = item?;
-        let (value, email) = split_sort_key(column, &key[index_scope.len()..])?;
-        if collector.offer(email, value, None)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The order of a column's sort index. Ascending is one forward scan. Descending visits the
-/// value groups from the last one back, and each group forward, so ties stay in email
-/// ascending order without a second index.
-fn stream_index(
-    collector: &mut Collector<'_>,
-    column: SortColumn,
-    cursor: Option<&Cursor>,
-) -> Result<(), ProjectionError> {
-    let license = collector.request.license.as_str().to_owned();
-    let index_scope = sort_scope(&license, column.code());
-    let scope_end =
-        prefix_end(&index_scope).expect("a sort scope ends in a column code below 0xff");
-    let group_of = |value: &[u8]| {
-        let mut group = index_scope.clone();
-        group.extend_from_slice(value);
-        group.push(SEPARATOR);
-        group
-    };
-    if !collector.request.descending {
-        let lower = match cursor {
-            Some(cursor) => Bound::Excluded(sort_key(
-                &license,
-                column.code(),
-                &cursor.value,
-                &cursor.email,
-            )),
-            None => Bound::Included(index_scope.clone()),
-        };
-        scan_group(collector, column, &index_scope, lower, scope_end)?;
-        return Ok(());
-    }
-    let mut upper = scope_end;
-    if let Some(cursor) = cursor {
-        let group = group_of(&cursor.value);
-        let group_end = prefix_end(&group).expect("a group ends in zero");
-        let lower = Bound::Excluded(sort_key(
-            &license,
-            column.code(),
-            &cursor.value,
-            &cursor.email,
-        ));
-        if scan_group(collector, column, &index_scope, lower, group_end)? {
-            return Ok(());
-        }
-        upper = group;
-    }
-    loop {
-        let Some(item) = collector
-            .tree
-            .range(index_scope.clone()..upper.clone())
-            .next_back()
-        else {
-            return Ok(());
-        };
-        let (key, _) = item?;
-        let (value, _) = split_sort_key(column, &key[index_scope.len()..])?;
-        let group = group_of(value);
-        let group_end = prefix_end(&group).expect("a group ends in zero");
-        if scan_group(
-            collector,
-            column,
-            &index_scope,
-            Bound::Included(group.clone()),
-            group_end,
-        )? {
-            return Ok(());
-        }
-        upper = group;
-    }
-}
-
 /// The longest literal piece of a pattern, lower-cased as `EmailPattern` does: every match
 /// contains it, so a substring search for it finds every candidate.
 fn longest_piece(raw: &str) -> String {
@@ -1012,62 +847,28 @@ fn longest_piece(raw: &str) -> String {
         .to_owned()
 }
 
-/// How many pattern matches are worth reading and sorting in memory rather than walking the
-/// sort index. Reading a match costs about `IN_MEMORY_READ_COST_KEYS` index steps; with `c`
-/// matches spread over `m` members the index walk takes about `(page + 1) * m / c` steps,
-/// so memory wins while `c * c * cost <= (page + 1) * m`.
-fn in_memory_candidates_max(license: &LicenseRecord, page_size: usize) -> usize {
-    let counts = license.counts;
-    let members = counts.accepted + counts.invited + counts.rejected + counts.waitlisted;
-    let affordable = ((page_size as u64 + 1) * members / IN_MEMORY_READ_COST_KEYS).isqrt();
-    usize::try_from(affordable)
-        .unwrap_or(usize::MAX)
-        .clamp(page_size + 1, LIST_USERS_CANDIDATES_IN_MEMORY_MAX)
+/// The range of emails a pattern's literal prefix allows (everything without a pattern).
+fn prefix_bounds(pattern: Option<&EmailPattern>) -> (&str, Option<String>) {
+    let prefix = pattern.map_or("", EmailPattern::literal_prefix);
+    (prefix, string_prefix_end(prefix))
 }
 
-/// The emails of the license matching the pattern, in email order, at most `limit`. A
-/// literal prefix narrows the scan to its range of the ordered list.
-fn pattern_matches(
-    generation: &Generation,
-    license: &str,
-    pattern: &EmailPattern,
-    needle: &str,
-    limit: usize,
-) -> Result<Vec<String>, ProjectionError> {
-    let prefix = pattern.literal_prefix();
-    let prefix_end = string_prefix_end(prefix);
-    let search = Search {
-        needle,
-        lower: Bound::Included(prefix),
-        upper: prefix_end
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Excluded),
-        descending: false,
-    };
-    let mut matches = Vec::new();
-    generation
-        .emails
-        .search(&generation.tree, license, &search, |email| {
-            if pattern.matches(email) {
-                matches.push(email.to_owned());
-            }
-            Ok(matches.len() >= limit)
-        })?;
-    Ok(matches)
-}
-
-/// Email order over the in-memory emails of a license, for pattern searches.
+/// Email order over the in-memory member list of a license, in either direction: for
+/// pattern searches and for filtered pages. The cached columns sort out rows the filters
+/// refuse before any is read from sled; a literal prefix narrows the scan to its range.
 fn cached_email_order(
     generation: &Generation,
     collector: &mut Collector<'_>,
-    pattern: &EmailPattern,
+    pattern: Option<&EmailPattern>,
     needle: &str,
     cursor: Option<&Cursor>,
 ) -> Result<(), ProjectionError> {
-    let license = collector.request.license.as_str().to_owned();
-    let descending = collector.request.descending;
-    let prefix = pattern.literal_prefix();
-    let prefix_end = string_prefix_end(prefix);
+    let joined = generation
+        .members
+        .current(&generation.tree, collector.request.license.as_str())?;
+    let request = collector.request;
+    let descending = request.descending;
+    let (prefix, prefix_end) = prefix_bounds(pattern);
     let mut lower = Bound::Included(prefix);
     let mut upper = prefix_end
         .as_deref()
@@ -1090,55 +891,129 @@ fn cached_email_order(
         upper,
         descending,
     };
-    generation
-        .emails
-        .search(&generation.tree, &license, &search, |email| {
-            collector.offer(email, &[], None)
-        })
+    search_joined(&joined, &search, |index, email| {
+        if !request.accepts_columns(joined.columns(index)) {
+            return Ok(false);
+        }
+        collector.offer(email, &[], None)
+    })
 }
 
-/// A bounded set of pattern matches, read and sorted in memory.
-fn sort_in_memory(
+/// Rows a sorted page may lose between choosing them in memory and reading them from sled
+/// (a member removed meanwhile) before another pass is needed.
+const SORTED_PAGE_SPARE_ROWS: usize = 8;
+
+/// A member of a cached list, ordered as a page in `column` orders it.
+struct Ranked<'a> {
+    joined: &'a Joined,
+    column: SortColumn,
+    descending: bool,
+    index: usize,
+}
+
+impl Ranked<'_> {
+    fn key(&self) -> (&[u8], &str) {
+        (
+            self.joined.sort_value(self.index, self.column),
+            self.joined.email(self.index),
+        )
+    }
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(self.column, self.descending, self.key(), other.key())
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
+/// Any column order, in either direction, over the in-memory member list: one pass keeps
+/// the page's rows after the cursor in a bounded heap (the filters and the pattern are
+/// checked on the way), and only those rows are read from sled. A pass costs one look at
+/// every member (or every needle match) of the license, in memory; a second pass is needed
+/// only when rows vanished from sled meanwhile.
+fn cached_sorted(
+    generation: &Generation,
     collector: &mut Collector<'_>,
     column: SortColumn,
-    candidates: Vec<String>,
+    pattern: Option<&EmailPattern>,
+    needle: &str,
     cursor: Option<&Cursor>,
 ) -> Result<(), ProjectionError> {
-    let descending = collector.request.descending;
-    let mut rows = Vec::new();
-    for email in candidates {
-        let Some(member) = collector.member(&email)? else {
-            continue;
-        };
-        if !collector.request.accepts(&member) {
-            continue;
-        }
-        let value = sort_value(column, &member);
-        let after_cursor = cursor.is_none_or(|cursor| {
-            compare(
+    let joined = generation
+        .members
+        .current(&generation.tree, collector.request.license.as_str())?;
+    let request = collector.request;
+    let descending = request.descending;
+    let (prefix, prefix_end) = prefix_bounds(pattern);
+    let search = Search {
+        needle,
+        lower: Bound::Included(prefix),
+        upper: prefix_end
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded),
+        descending: false,
+    };
+    let mut after: Option<(Vec<u8>, String)> =
+        cursor.map(|cursor| (cursor.value.clone(), cursor.email.clone()));
+    loop {
+        let wanted = collector.limit - collector.rows.len() + SORTED_PAGE_SPARE_ROWS;
+        let mut best: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(wanted + 1);
+        search_joined(&joined, &search, |index, email| {
+            if !request.accepts_columns(joined.columns(index))
+                || pattern.is_some_and(|pattern| !pattern.matches(email))
+            {
+                return Ok(false);
+            }
+            let ranked = Ranked {
+                joined: &joined,
                 column,
                 descending,
-                (&value, &email),
-                (&cursor.value, &cursor.email),
-            ) == Ordering::Greater
-        });
-        if after_cursor {
-            rows.push(Row {
-                email,
-                value,
-                member,
-            });
+                index,
+            };
+            if let Some((value, email)) = &after
+                && compare(column, descending, ranked.key(), (value, email)) != Ordering::Greater
+            {
+                return Ok(false);
+            }
+            if best.len() < wanted {
+                best.push(ranked);
+            } else if let Some(mut worst) = best.peek_mut()
+                && ranked < *worst
+            {
+                *worst = ranked;
+            }
+            Ok(false)
+        })?;
+        let exhausted = best.len() < wanted;
+        let selected = best.into_sorted_vec();
+        let Some(last) = selected.last() else {
+            return Ok(());
+        };
+        let (last_value, last_email) = last.key();
+        let next_after = (last_value.to_vec(), last_email.to_owned());
+        for ranked in &selected {
+            let (value, email) = ranked.key();
+            if collector.offer(email, value, None)? {
+                return Ok(());
+            }
         }
+        if exhausted {
+            return Ok(());
+        }
+        after = Some(next_after);
     }
-    rows.sort_by(|a, b| {
-        compare(
-            column,
-            descending,
-            (&a.value, &a.email),
-            (&b.value, &b.email),
-        )
-    });
-    rows.truncate(collector.limit);
-    collector.rows = rows;
-    Ok(())
 }
