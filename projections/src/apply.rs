@@ -120,7 +120,7 @@ pub(crate) struct BatchApplier {
     members: FxHashMap<Vec<u8>, MemberEntry>,
     /// The last history block of each license the batch touched.
     license_history: HashMap<String, HistoryBlock>,
-    /// Membership changes for the in-memory email lists; not kept when nobody queries the
+    /// Member changes for the in-memory member lists; not kept when nobody queries the
     /// generation yet (a rebuild), where they would only cost memory.
     changes: Option<Vec<MembershipChange>>,
     /// How many events were folded.
