@@ -34,8 +34,9 @@ use crate::{
 /// (no set of separately allocated strings beside it), so a cached member costs its email's
 /// length plus 25 bytes.
 struct LicenseMembers {
-    /// Shared with queries under way, so a query holds no lock while it reads.
-    joined: Arc<Joined>,
+    /// Shared with queries under way, so a query holds no lock while it reads. `None`
+    /// while the first load reads sled: the changes told meanwhile wait in `pending`.
+    joined: Option<Arc<Joined>>,
     /// email -> the member's columns after the change (`None`: no longer a member), applied
     /// to the text by the next query (or at once when they pile up past
     /// `MEMBER_CACHE_PENDING_CHANGES_MAX`).
@@ -44,7 +45,7 @@ struct LicenseMembers {
 
 impl LicenseMembers {
     fn bytes(&self) -> usize {
-        self.joined.bytes()
+        self.joined.as_ref().map_or(0, |joined| joined.bytes())
             + self
                 .pending
                 .iter()
@@ -58,11 +59,13 @@ impl LicenseMembers {
 
     /// Merges the pending changes into a freshly joined text: one pass over both, in order.
     fn merge_pending(&mut self) {
+        let Some(old) = &self.joined else {
+            return;
+        };
         if self.pending.is_empty() {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let old = &self.joined;
         let mut builder = JoinedBuilder::with_capacity(old.text.len(), old.len());
         let mut changes = pending.into_iter().peekable();
         for index in 0..old.len() {
@@ -85,7 +88,7 @@ impl LicenseMembers {
                 builder.push(&changed, &columns);
             }
         }
-        self.joined = Arc::new(builder.finish());
+        self.joined = Some(Arc::new(builder.finish()));
     }
 }
 
@@ -315,42 +318,111 @@ impl MemberCache {
             let licenses = self.licenses.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = licenses.get(license)
                 && entry.pending.is_empty()
+                && let Some(joined) = &entry.joined
             {
-                return Ok(Arc::clone(&entry.joined));
+                return Ok(Arc::clone(joined));
             }
         }
-        // Loading holds the write lock, so the projector's changes for a batch written
-        // during the load wait and are applied after it: they are idempotent (present or
-        // not), and the list ends up equal to the stored members.
+        if let Some(joined) = self.merged(license) {
+            return Ok(joined);
+        }
+        // The load reads sled without holding the lock (a million members take seconds,
+        // and the projector must not wait for them); changes told meanwhile are kept as
+        // pending and applied to what was read (`finish_load`).
+        self.begin_load(license);
+        let loaded = match load(tree, license) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.abandon_load(license);
+                return Err(error);
+            }
+        };
+        Ok(self.finish_load(license, loaded))
+    }
+
+    /// The cached list with its pending changes merged, if the license is loaded.
+    fn merged(&self, license: &str) -> Option<Arc<Joined>> {
         let mut licenses = self
             .licenses
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = licenses.get_mut(license) {
-            entry.merge_pending();
-            return Ok(Arc::clone(&entry.joined));
-        }
-        let joined = Arc::new(load(tree, license)?);
-        let entry = LicenseMembers {
-            joined: Arc::clone(&joined),
-            pending: BTreeMap::new(),
-        };
-        let needed = entry.bytes();
-        // Other licenses go until this one fits (any may go: its next search loads it
-        // again); a license larger than the whole budget is searched but not kept.
-        while !licenses.is_empty()
-            && (licenses.len() >= MEMBER_CACHE_LICENSES_MAX
-                || total_bytes(&licenses) + needed > MEMBER_CACHE_BYTES_MAX)
+        let entry = licenses.get_mut(license)?;
+        entry.joined.as_ref()?;
+        entry.merge_pending();
+        entry.joined.clone()
+    }
+
+    /// Marks the license as being loaded, so that the projector's changes from now on are
+    /// kept for it. A load already under way (another query's) keeps its mark: its
+    /// pending changes started earlier, which suits this load too.
+    fn begin_load(&self, license: &str) {
+        let mut licenses = self
+            .licenses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        licenses
+            .entry(license.to_owned())
+            .or_insert_with(|| LicenseMembers {
+                joined: None,
+                pending: BTreeMap::new(),
+            });
+    }
+
+    fn abandon_load(&self, license: &str) {
+        let mut licenses = self
+            .licenses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if licenses
+            .get(license)
+            .is_some_and(|entry| entry.joined.is_none())
         {
-            let Some(evicted) = licenses.keys().next().cloned() else {
+            licenses.remove(license);
+        }
+    }
+
+    /// Installs what a load read, with every change told since its `begin_load` applied:
+    /// the scan saw each of those changes or not, and applying the latest state of each
+    /// changed member again is harmless, so the list equals the stored members. Another
+    /// load may have finished first; then its list is used. If the mark is gone (the
+    /// license was evicted, or too many changes piled up while it loaded), what was read
+    /// answers this query and is not kept: the next query loads again.
+    fn finish_load(&self, license: &str, loaded: Joined) -> Arc<Joined> {
+        let mut licenses = self
+            .licenses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = licenses.get_mut(license) else {
+            // Evicted while loading: this query answers from what it read (as fresh as a
+            // query that started a moment earlier); the next one loads again.
+            return Arc::new(loaded);
+        };
+        if entry.joined.is_none() {
+            entry.joined = Some(Arc::new(loaded));
+        }
+        entry.merge_pending();
+        let joined = entry.joined.clone().expect("installed above");
+        let needed = entry.bytes();
+        // Other licenses go until this one fits (any may go: its next query loads it
+        // again, and a load under way for it keeps its answer); a license larger than the
+        // whole budget is answered but not kept.
+        while licenses.len() > 1
+            && (licenses.len() > MEMBER_CACHE_LICENSES_MAX
+                || total_bytes(&licenses) > MEMBER_CACHE_BYTES_MAX)
+        {
+            let Some(evicted) = licenses
+                .keys()
+                .find(|name| name.as_str() != license)
+                .cloned()
+            else {
                 break;
             };
             licenses.remove(&evicted);
         }
-        if needed <= MEMBER_CACHE_BYTES_MAX {
-            licenses.insert(license.to_owned(), entry);
+        if needed > MEMBER_CACHE_BYTES_MAX {
+            licenses.remove(license);
         }
-        Ok(joined)
+        joined
     }
 
     pub(crate) fn apply(&self, changes: &[MembershipChange]) {
@@ -367,7 +439,13 @@ impl MemberCache {
                     .pending
                     .insert(change.email.clone(), change.after.clone());
                 if entry.pending.len() > MEMBER_CACHE_PENDING_CHANGES_MAX {
-                    entry.merge_pending();
+                    if entry.joined.is_some() {
+                        entry.merge_pending();
+                    } else {
+                        // Too many changes for a load still under way: it will not be
+                        // kept, and these need not be either.
+                        licenses.remove(&change.license);
+                    }
                 }
             }
         }
@@ -450,4 +528,79 @@ pub(crate) fn search_joined(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(status: Status) -> MemberColumns {
+        MemberColumns {
+            status,
+            source: Source::Email,
+            role: Role::Student,
+            added_at: [0; 12],
+            added_by: "staff".to_owned(),
+        }
+    }
+
+    fn joined(members: &[(&str, Status)]) -> Joined {
+        let mut builder = JoinedBuilder::with_capacity(0, 0);
+        for (email, status) in members {
+            builder.push(email, &columns(*status));
+        }
+        builder.finish()
+    }
+
+    fn listed(joined: &Joined) -> Vec<(String, Status)> {
+        (0..joined.len())
+            .map(|index| (joined.email(index).to_owned(), joined.columns(index).status))
+            .collect()
+    }
+
+    fn change(email: &str, after: Option<Status>) -> MembershipChange {
+        MembershipChange {
+            license: "L".to_owned(),
+            email: email.to_owned(),
+            after: after.map(columns),
+        }
+    }
+
+    #[test]
+    fn changes_told_while_a_license_loads_are_applied_to_what_the_load_read() {
+        // the load reads sled without holding the lock; a batch the projector writes
+        // meanwhile, whether the scan saw it or not, must be in the list it installs.
+        let cache = MemberCache::default();
+        cache.begin_load("L");
+        // Seen by the scan: b accepted. Not seen: c added, a removed.
+        cache.apply(&[change("b@x.org", Some(Status::Accepted))]);
+        cache.apply(&[
+            change("c@x.org", Some(Status::Invited)),
+            change("a@x.org", None),
+        ]);
+        let read = joined(&[("a@x.org", Status::Invited), ("b@x.org", Status::Accepted)]);
+        let installed = cache.finish_load("L", read);
+        let expected = vec![
+            ("b@x.org".to_owned(), Status::Accepted),
+            ("c@x.org".to_owned(), Status::Invited),
+        ];
+        assert_eq!(listed(&installed), expected);
+        let kept = cache.merged("L").expect("the list is kept");
+        assert_eq!(listed(&kept), expected);
+    }
+
+    #[test]
+    fn a_load_whose_changes_overflow_answers_from_its_read_and_is_not_kept() {
+        // Q-2, bounded memory: changes piling up past the limit while a license loads drop
+        // its mark; the load answers its own query and the next query loads again.
+        let cache = MemberCache::default();
+        cache.begin_load("L");
+        let many: Vec<MembershipChange> = (0..=MEMBER_CACHE_PENDING_CHANGES_MAX)
+            .map(|index| change(&format!("u{index:06}@x.org"), Some(Status::Accepted)))
+            .collect();
+        cache.apply(&many);
+        let installed = cache.finish_load("L", joined(&[("a@x.org", Status::Invited)]));
+        assert_eq!(listed(&installed).len(), 1);
+        assert!(cache.merged("L").is_none());
+    }
 }
