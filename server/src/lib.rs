@@ -2,6 +2,7 @@
 //! the ledger and the projections. Like mini-redis, the binary is thin: it parses flags and
 //! calls `run(listener, config, shutdown)`, which tests call too, on port 0.
 
+pub mod allocator;
 pub mod auth;
 pub mod clock;
 pub mod commands;

@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator, tuned by `server::allocator::tune` (why: there).
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(version, about = "The license ledger's gRPC server")]
 struct Flags {
@@ -40,6 +44,7 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    server::allocator::tune();
     let flags = Flags::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
