@@ -402,10 +402,14 @@ impl MemberCache {
         }
         entry.merge_pending();
         let joined = entry.joined.clone().expect("installed above");
-        let needed = entry.bytes();
+        // A license larger than the whole budget is answered but not kept, and costs the
+        // others nothing.
+        if entry.bytes() > MEMBER_CACHE_BYTES_MAX {
+            licenses.remove(license);
+            return joined;
+        }
         // Other licenses go until this one fits (any may go: its next query loads it
-        // again, and a load under way for it keeps its answer); a license larger than the
-        // whole budget is answered but not kept.
+        // again, and a load under way for it keeps its answer).
         while licenses.len() > 1
             && (licenses.len() > MEMBER_CACHE_LICENSES_MAX
                 || total_bytes(&licenses) > MEMBER_CACHE_BYTES_MAX)
@@ -418,9 +422,6 @@ impl MemberCache {
                 break;
             };
             licenses.remove(&evicted);
-        }
-        if needed > MEMBER_CACHE_BYTES_MAX {
-            licenses.remove(license);
         }
         joined
     }

@@ -102,18 +102,19 @@ impl ListUsersRequest {
     }
 
     fn accepts(&self, member: &MemberRecord) -> bool {
-        self.role_is.is_none_or(|role| member.role == role)
-            && self.role_is_not.is_none_or(|role| member.role != role)
-            && self.status.is_none_or(|status| member.status == status)
-            && self.source.is_none_or(|source| member.source == source)
+        self.accepts_values(member.role, member.status, member.source)
     }
 
     /// `accepts` over the columns a member list keeps in memory.
     fn accepts_columns(&self, columns: &CachedColumns) -> bool {
-        self.role_is.is_none_or(|role| columns.role == role)
-            && self.role_is_not.is_none_or(|role| columns.role != role)
-            && self.status.is_none_or(|status| columns.status == status)
-            && self.source.is_none_or(|source| columns.source == source)
+        self.accepts_values(columns.role, columns.status, columns.source)
+    }
+
+    fn accepts_values(&self, role: Role, status: Status, source: Source) -> bool {
+        self.role_is.is_none_or(|wanted| role == wanted)
+            && self.role_is_not.is_none_or(|unwanted| role != unwanted)
+            && self.status.is_none_or(|wanted| status == wanted)
+            && self.source.is_none_or(|wanted| source == wanted)
     }
 
     fn filters_columns(&self) -> bool {
