@@ -208,7 +208,7 @@ impl JoinedBuilder {
 }
 
 impl Joined {
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.starts.len()
     }
 
@@ -256,7 +256,7 @@ impl Joined {
 
     /// The index of the first email not below `bound` (for a lower bound) or the index
     /// after the last email not above it (for an upper bound).
-    pub(crate) fn index(&self, bound: Bound<&str>, lower: bool) -> usize {
+    fn index(&self, bound: Bound<&str>, lower: bool) -> usize {
         let email_at = |index: usize| self.email(index);
         match (bound, lower) {
             (Bound::Unbounded, true) => 0,
