@@ -34,8 +34,13 @@ pub(crate) const FLAG_LAST_OF_APPEND: u8 = 1;
 /// Set on the last record of an append made with an answer, which follows the position.
 pub(crate) const FLAG_ANSWER: u8 = 2;
 
+/// Set on the last record of an append made with [`crate::EventLog::append_unkeyed`]: its
+/// command id is recorded but not indexed, so recovery does not index it either. Never
+/// together with an answer, which exists only to be found by the id.
+pub(crate) const FLAG_UNKEYED: u8 = 4;
+
 /// Every flag a record may carry; others make the record unreadable.
-pub(crate) const FLAGS_KNOWN: u8 = FLAG_LAST_OF_APPEND | FLAG_ANSWER;
+pub(crate) const FLAGS_KNOWN: u8 = FLAG_LAST_OF_APPEND | FLAG_ANSWER | FLAG_UNKEYED;
 
 /// The bytes an answer adds to its record.
 pub(crate) fn answer_record_bytes(answer: Option<&[u8]>) -> usize {
@@ -198,8 +203,8 @@ pub(crate) fn encode_record(
     match answer {
         Some(answer) => {
             assert!(
-                flags & FLAG_LAST_OF_APPEND != 0,
-                "an answer is kept only on the last record of an append"
+                flags & FLAG_LAST_OF_APPEND != 0 && flags & FLAG_UNKEYED == 0,
+                "an answer is kept only on the last record of a keyed append"
             );
             out.push(flags | FLAG_ANSWER);
             out.extend_from_slice(&e.position.to_be_bytes());
@@ -333,6 +338,13 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<DecodedBody, DecodeError> {
         return Err(DecodeError::Bad(format!(
             "unknown record flags {flags:#04x}"
         )));
+    }
+    if flags & FLAG_UNKEYED != 0 && (flags & FLAG_LAST_OF_APPEND == 0 || flags & FLAG_ANSWER != 0) {
+        return Err(DecodeError::Bad(
+            "an unkeyed command's mark on a record that does not end its append, or with an \
+             answer"
+                .into(),
+        ));
     }
     let position = c.u64()?;
     let answer = if flags & FLAG_ANSWER != 0 {
@@ -468,6 +480,24 @@ mod tests {
             decode_record_body(&not_last)
                 .unwrap_err()
                 .contains("does not end its append")
+        );
+        // The unkeyed mark: only on the last record of an append, and never with an answer.
+        let mut unkeyed = body.to_vec();
+        unkeyed[0] = FLAG_LAST_OF_APPEND | FLAG_UNKEYED;
+        let (_, flags) = decode_record_body(&unkeyed).unwrap();
+        assert_eq!(flags, FLAG_LAST_OF_APPEND | FLAG_UNKEYED);
+        unkeyed[0] = FLAG_UNKEYED;
+        assert!(
+            decode_record_body(&unkeyed)
+                .unwrap_err()
+                .contains("unkeyed")
+        );
+        let mut unkeyed_answered = answered[RECORD_HEADER_BYTES..].to_vec();
+        unkeyed_answered[0] |= FLAG_UNKEYED;
+        assert!(
+            decode_record_body(&unkeyed_answered)
+                .unwrap_err()
+                .contains("unkeyed")
         );
     }
 

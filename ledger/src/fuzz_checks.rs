@@ -9,9 +9,9 @@ use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use crate::envelope::{
-    DecodeError, FLAG_ANSWER, FLAG_LAST_OF_APPEND, RECORD_HEADER_BYTES, answer_record_bytes,
-    decode_body, decode_record_answered, decode_record_body, encode_record, envelope_hash,
-    record_bytes, seal,
+    DecodeError, FLAG_ANSWER, FLAG_LAST_OF_APPEND, FLAG_UNKEYED, RECORD_HEADER_BYTES,
+    answer_record_bytes, decode_body, decode_record_answered, decode_record_body, encode_record,
+    envelope_hash, record_bytes, seal,
 };
 use crate::types::{NewEvent, RecordedEvent};
 
@@ -104,10 +104,12 @@ impl FieldSource<'_> {
 pub fn envelope_round_trip(input: &[u8]) {
     let mut source = FieldSource { bytes: input };
     let [flags] = source.array::<1>();
-    // Only the last record of an append keeps an answer; other flag bits are not written.
+    // Only the last record of an append keeps an answer or the unkeyed mark, never both;
+    // other flag bits are not written.
     let answer = (flags & FLAG_ANSWER != 0 && flags & FLAG_LAST_OF_APPEND != 0)
         .then(|| source.text().into_bytes());
-    let flags = flags & FLAG_LAST_OF_APPEND;
+    let unkeyed = flags & FLAG_UNKEYED != 0 && flags & FLAG_LAST_OF_APPEND != 0 && answer.is_none();
+    let flags = flags & FLAG_LAST_OF_APPEND | if unkeyed { FLAG_UNKEYED } else { 0 };
     let stream = source.text();
     let revision = u64::from_be_bytes(source.array());
     let position = u64::from_be_bytes(source.array());

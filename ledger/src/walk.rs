@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::envelope::{
-    FLAG_ANSWER, FLAG_LAST_OF_APPEND, FLAGS_KNOWN, GENESIS_HASH, HASH_DOMAIN_TAG,
+    FLAG_ANSWER, FLAG_LAST_OF_APPEND, FLAG_UNKEYED, FLAGS_KNOWN, GENESIS_HASH, HASH_DOMAIN_TAG,
     RECORD_HEADER_BYTES, body_len_limits,
 };
 use crate::types::{ANSWER_BYTES_MAX, EVENT_BYTES_MAX};
@@ -465,6 +465,9 @@ fn parse_body(body: &[u8]) -> Result<Checked, &'static str> {
     let flags = body[take(1)?];
     if flags & !FLAGS_KNOWN != 0 {
         return Err("unknown record flags");
+    }
+    if flags & FLAG_UNKEYED != 0 && (flags & FLAG_LAST_OF_APPEND == 0 || flags & FLAG_ANSWER != 0) {
+        return Err("an unkeyed command's mark on a record that does not end its append");
     }
     let position = u64_at(take(8)?);
     if flags & FLAG_ANSWER != 0 {

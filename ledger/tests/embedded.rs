@@ -453,3 +453,178 @@ async fn reads_match_the_whole_log(log: &EmbeddedLog) {
         }
     }
 }
+
+#[tokio::test]
+async fn reads_from_every_position_find_it_across_segments_between_position_keys() {
+    // The index keeps a position key only at every 128th position (issue 7), so a read
+    // from any other position steps over the records before it from the nearest key, into
+    // the next segment files when they are small.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
+    let applied = fill(&log, 120).await;
+    let whole = all_events(&log).await;
+    let appended: u64 = applied.iter().map(|a| a.events.len() as u64).sum();
+    assert_eq!(whole.len() as u64, appended);
+    assert!(
+        whole.len() > 256 && segment_files(dir.path()).len() > 10,
+        "the log spans several position keys and segments"
+    );
+    for (from, expected) in whole.iter().enumerate() {
+        assert_eq!(&log_read_one(&log, from as u64).await, expected);
+    }
+    shut(log).await;
+    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
+    for (from, expected) in whole.iter().enumerate() {
+        assert_eq!(&log_read_one(&log, from as u64).await, expected);
+    }
+    shut(log).await;
+}
+
+async fn log_read_one(log: &EmbeddedLog, from: u64) -> RecordedEvent {
+    let mut read = log.read_all(from, 1).await.unwrap();
+    assert_eq!(read.len(), 1, "read_all({from}, 1)");
+    read.pop().unwrap()
+}
+
+#[tokio::test]
+async fn an_index_in_the_previous_layout_is_rebuilt_from_the_log_at_open() {
+    // Index format 1 kept each answer under its own `A` key and a command's value without
+    // the stream's length; format 2 keeps the answer inside the command's value. An index
+    // without the format key is cleared at open and rebuilt from the log, so no value of the
+    // old layout is ever read as the new one.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let command = Uuid::new_v4();
+    let result = log
+        .append_answered(
+            "license-L1",
+            ExpectedRevision::NoStream,
+            events(2, "SeatAssigned"),
+            command,
+            Some(b"the answer".to_vec()),
+        )
+        .await
+        .unwrap();
+    let whole = all_events(&log).await;
+    shut(log).await;
+
+    // Rewrite the index as format 1 would have left it.
+    {
+        let index = sled::open(dir.path().join("index")).unwrap();
+        assert!(
+            index.remove(b"F").unwrap().is_some(),
+            "format 2 marks its index"
+        );
+        let mut command_key = vec![b'C'];
+        command_key.extend_from_slice(command.as_bytes());
+        let value = index.get(&command_key).unwrap().unwrap();
+        // first, last, next revision, digest, then the bare stream name.
+        let mut old_value = value[..56].to_vec();
+        old_value.extend_from_slice(b"license-L1");
+        index.insert(&command_key, old_value).unwrap();
+        let mut answer_key = vec![b'A'];
+        answer_key.extend_from_slice(command.as_bytes());
+        index.insert(&answer_key, &b"the answer"[..]).unwrap();
+        index.flush().unwrap();
+    }
+
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let kept = log
+        .command_answer("license-L1", command)
+        .await
+        .unwrap()
+        .expect("the rebuilt index keeps the command's answer");
+    assert_eq!(kept.result, result);
+    assert_eq!(kept.answer, b"the answer");
+    assert_eq!(all_events(&log).await, whole);
+    assert_eq!(log.read_stream("license-L1", 0, 10).await.unwrap(), whole);
+    shut(log).await;
+    let index = sled::open(dir.path().join("index")).unwrap();
+    assert!(
+        index.scan_prefix(b"A").next().is_none(),
+        "nothing of the old layout is left"
+    );
+    assert_eq!(
+        index.get(b"F").unwrap().as_deref(),
+        Some(&2u32.to_be_bytes()[..])
+    );
+}
+
+#[tokio::test]
+async fn an_unkeyed_append_records_its_id_but_the_log_does_not_remember_it() {
+    // `append_unkeyed` is for ids nobody can send again (issue 7: one index key and one
+    // lookup less per append). The id is in the events for auditors; an append with it again
+    // appends again, live, after a restart and after the index was rebuilt from the log.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let (live_id, rebuilt_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = log
+        .append_unkeyed(
+            "license-L1",
+            ExpectedRevision::NoStream,
+            events(2, "T"),
+            live_id,
+        )
+        .await
+        .unwrap();
+    let second = log
+        .append_unkeyed(
+            "license-L1",
+            ExpectedRevision::Exact(1),
+            events(1, "T"),
+            live_id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.first_position, first.last_position + 1);
+    assert_eq!(
+        log.command_answer("license-L1", live_id).await.unwrap(),
+        None
+    );
+    log.append_unkeyed(
+        "license-L2",
+        ExpectedRevision::Any,
+        events(1, "T"),
+        rebuilt_id,
+    )
+    .await
+    .unwrap();
+    let recorded = all_events(&log).await;
+    assert_eq!(
+        recorded.iter().map(|e| e.command_id).collect::<Vec<_>>(),
+        [live_id, live_id, live_id, rebuilt_id]
+    );
+    shut(log).await;
+
+    for (id, rebuild_index) in [(live_id, false), (rebuilt_id, true)] {
+        if rebuild_index {
+            std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        }
+        let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let before = all_events(&log).await.len() as u64;
+        // A keyed append under the id is a new append: neither the live index nor the
+        // recovery that rebuilt it indexed the unkeyed one.
+        let keyed_events = events(1, "T");
+        let keyed = log
+            .append(
+                "license-L1",
+                ExpectedRevision::Any,
+                keyed_events.clone(),
+                id,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            keyed.first_position, before,
+            "index rebuilt: {rebuild_index}"
+        );
+        // From now on the id is keyed: a retry answers the first result.
+        let retry = log
+            .append("license-L1", ExpectedRevision::Any, keyed_events, id)
+            .await
+            .unwrap();
+        assert_eq!(retry, keyed);
+        assert!(log.verify().await.unwrap().first_break.is_none());
+        shut(log).await;
+    }
+}

@@ -86,6 +86,11 @@ struct AppendTags {
     command_id: Uuid,
     correlation_id: Uuid,
     answer: Option<Vec<u8>>,
+    /// Whether a client sent the command's id, so that the ledger must remember it for the
+    /// client's retries (AUD-4). An id the server made up is only recorded with the events
+    /// (`EventLog::append_unkeyed`): nobody can send it again, and remembering it cost the
+    /// ledger an index key and a lookup per command (issue 7).
+    keyed: bool,
 }
 
 /// The format of a kept answer: version, fingerprint, MessagePack of the outcome.
@@ -718,6 +723,7 @@ impl Core {
             command_id,
             correlation_id,
             mut answer,
+            keyed,
         } = tags;
         let mut last_position = 0;
         let chunks_count = events.len().div_ceil(ledger::APPEND_EVENTS_MAX);
@@ -737,16 +743,21 @@ impl Core {
                 (Uuid::new_v5(&command_id, &index.to_be_bytes()), None)
             };
             let new_events = Self::new_events(&chunk, meta, correlation_id);
-            let result = self
-                .log
-                .append_answered(
-                    &license_stream(id),
-                    entry.expected(),
-                    new_events,
-                    chunk_id,
-                    chunk_answer,
-                )
-                .await?;
+            let result = if keyed {
+                self.log
+                    .append_answered(
+                        &license_stream(id),
+                        entry.expected(),
+                        new_events,
+                        chunk_id,
+                        chunk_answer,
+                    )
+                    .await?
+            } else {
+                self.log
+                    .append_unkeyed(&license_stream(id), entry.expected(), new_events, chunk_id)
+                    .await?
+            };
             let expected_last = entry.revision.map_or(0, |r| r + 1) + chunk.len() as u64 - 1;
             if result.next_expected_revision != expected_last {
                 // The ledger answered an earlier append of this command id: nothing new was
@@ -850,6 +861,7 @@ impl Core {
                         command_id: ids.command_id,
                         correlation_id: ids.correlation_id,
                         answer,
+                        keyed: ids.fingerprint.is_some(),
                     },
                 )
                 .await
@@ -1003,6 +1015,7 @@ impl Core {
                 AppendTags {
                     command_id: license_command_id,
                     correlation_id,
+                    keyed: answer.is_some(),
                     answer,
                 },
             )

@@ -1,5 +1,6 @@
 //! Throughput of the embedded log on this machine: durable appends per second with 1, 8
-//! and 64 concurrent writers, then `read_all` and `verify` events per second.
+//! and 64 concurrent writers (64 also with unkeyed command ids), then `read_all` and
+//! `verify` events per second.
 //!
 //! Run: `cargo run --release -p ledger --bin ledger-bench [-- --seconds S --events N]`
 //! (`-- --skip-appends --events 10000000` measures issue 7's verify target alone).
@@ -61,8 +62,10 @@ impl Storage for CountingStorage {
     }
 }
 
-/// Runs `writers` appenders for `seconds`; returns appends, elapsed seconds and syncs.
-async fn appends(writers: usize, seconds: f64) -> (u64, f64, u64) {
+/// Runs `writers` appenders for `seconds`, each append with a fresh command id that the log
+/// remembers (`append`) or only records (`append_unkeyed`); returns appends, elapsed
+/// seconds and syncs.
+async fn appends(writers: usize, seconds: f64, keyed: bool) -> (u64, f64, u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = Arc::new(CountingStorage {
         inner: FsStorage::open(dir.path().join("segments")).expect("segments"),
@@ -81,13 +84,14 @@ async fn appends(writers: usize, seconds: f64) -> (u64, f64, u64) {
         tasks.push(tokio::spawn(async move {
             let stream = format!("license-B{w}");
             while Instant::now() < deadline {
-                log.append(
-                    &stream,
-                    ExpectedRevision::Any,
-                    vec![event()],
-                    Uuid::new_v4(),
-                )
-                .await
+                let (events, command_id) = (vec![event()], Uuid::new_v4());
+                if keyed {
+                    log.append(&stream, ExpectedRevision::Any, events, command_id)
+                        .await
+                } else {
+                    log.append_unkeyed(&stream, ExpectedRevision::Any, events, command_id)
+                        .await
+                }
                 .expect("append");
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -232,11 +236,12 @@ async fn main() {
         println!(
             "ledger-bench: {PAYLOAD_BYTES}-byte payloads, one event per append, {seconds} s per run"
         );
-        for writers in [1usize, 8, 64] {
-            let (n, secs, syncs) = appends(writers, seconds).await;
+        for (writers, keyed) in [(1usize, true), (8, true), (64, true), (64, false)] {
+            let (n, secs, syncs) = appends(writers, seconds, keyed).await;
+            let ids = if keyed { "keyed" } else { "unkeyed" };
             println!(
-                "durable appends, {writers:>2} writers: {:>9.0} appends/s ({n} in {secs:.2} s, \
-                 {:.1} appends per fdatasync)",
+                "durable appends, {writers:>2} writers, {ids:>7} ids: {:>9.0} appends/s ({n} in \
+                 {secs:.2} s, {:.1} appends per fdatasync)",
                 n as f64 / secs,
                 n as f64 / syncs.max(1) as f64
             );

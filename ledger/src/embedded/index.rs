@@ -46,9 +46,64 @@ pub(crate) struct CommandRecord {
     pub stream: String,
     pub digest: [u8; 32],
     pub result: AppendResult,
-    /// The answer kept with the append, written under its own key (see
-    /// [`IndexStore::answer`]); [`IndexStore::command`] leaves it out.
+    /// The answer kept with the append, in the same index value as the rest (one key per
+    /// command, not two: issue 7 counts sled keys).
     pub answer: Option<Vec<u8>>,
+}
+
+impl CommandRecord {
+    /// first position, last position, next expected revision (8 bytes each), digest (32),
+    /// stream length (2) and name, then 0, or 1 and the answer to the end of the value.
+    fn encode(&self) -> Vec<u8> {
+        let stream_len =
+            u16::try_from(self.stream.len()).expect("stream names are at most 1,024 bytes");
+        let answer_len = self.answer.as_ref().map_or(0, Vec::len);
+        let mut v = Vec::with_capacity(59 + self.stream.len() + answer_len);
+        v.extend_from_slice(&self.result.first_position.to_be_bytes());
+        v.extend_from_slice(&self.result.last_position.to_be_bytes());
+        v.extend_from_slice(&self.result.next_expected_revision.to_be_bytes());
+        v.extend_from_slice(&self.digest);
+        v.extend_from_slice(&stream_len.to_be_bytes());
+        v.extend_from_slice(self.stream.as_bytes());
+        match &self.answer {
+            None => v.push(0),
+            Some(answer) => {
+                v.push(1);
+                v.extend_from_slice(answer);
+            }
+        }
+        v
+    }
+
+    /// The inverse of [`CommandRecord::encode`]; a value it did not write is an index error.
+    fn decode(v: &[u8]) -> Result<CommandRecord> {
+        let malformed = || LedgerError::Index("a command's index value is malformed".into());
+        if v.len() < 59 {
+            return Err(malformed());
+        }
+        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
+        let stream_len = usize::from(u16::from_be_bytes(v[56..58].try_into().expect("2")));
+        let stream_end = 58 + stream_len;
+        let (Some(stream), Some(&flag)) = (v.get(58..stream_end), v.get(stream_end)) else {
+            return Err(malformed());
+        };
+        let answer = match flag {
+            0 if v.len() == stream_end + 1 => None,
+            1 => Some(v[stream_end + 1..].to_vec()),
+            _ => return Err(malformed()),
+        };
+        Ok(CommandRecord {
+            result: AppendResult {
+                first_position: u(0),
+                last_position: u(8),
+                next_expected_revision: u(16),
+            },
+            digest: v[24..56].try_into().expect("32"),
+            stream: String::from_utf8(stream.to_vec())
+                .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
+            answer,
+        })
+    }
 }
 
 /// How far the index reaches: the next position and where its record starts.
@@ -70,8 +125,15 @@ const TAG_POSITION: u8 = b'P';
 const TAG_STREAM: u8 = b'S';
 const TAG_HEAD: u8 = b'H';
 const TAG_COMMAND: u8 = b'C';
-const TAG_ANSWER: u8 = b'A';
 const KEY_CHECKPOINT: &[u8] = b"K";
+const KEY_FORMAT: &[u8] = b"F";
+
+/// The layout of the index's keys and values. An index written in another layout is
+/// cleared at open and rebuilt from the log (it is derived, and the log is the truth).
+/// Format 1 (no `F` key) kept answers under their own `A` keys and a position key at the
+/// first event of every append; format 2 keeps the answer in the command's value and a
+/// position key only at every [`POSITION_INDEX_STRIDE_EVENTS`]-th position.
+pub(crate) const INDEX_FORMAT_VERSION: u32 = 2;
 
 pub(crate) fn key_position(position: u64) -> Vec<u8> {
     let mut k = vec![TAG_POSITION];
@@ -104,12 +166,6 @@ fn key_command(id: Uuid) -> Vec<u8> {
     k
 }
 
-fn key_answer(id: Uuid) -> Vec<u8> {
-    let mut k = vec![TAG_ANSWER];
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 /// One entry per event written, handed from the writer to the index.
 #[derive(Clone, Debug)]
 pub(crate) struct EventEntry {
@@ -121,13 +177,21 @@ pub(crate) struct EventEntry {
     pub index_in_append: u64,
 }
 
-/// The index keeps a position key and a revision key for the first event of every append
-/// and for every this-many-th event inside one; a read starts at the nearest key before
-/// what it wants and reads the records in between from the segment (they are contiguous:
-/// an append's records are written together). So an append of one event costs two keys, as
-/// before, and a 100,000-event import chunk about 200 instead of 200,000 (issue 7), while a
+/// The index keeps a revision key for the first event of every append and for every
+/// this-many-th event inside one; a stream read starts at the nearest key before what it
+/// wants and reads the records in between from the segment (they are contiguous: an
+/// append's records are written together). So an append of one event costs one revision
+/// key, and a 100,000-event import chunk about 100 instead of 100,000 (issue 7), while a
 /// read skips at most this many records minus one.
 pub(crate) const INDEX_STRIDE_EVENTS: u64 = 1_024;
+
+/// The index keeps a position key at every this-many-th position of the log, whatever the
+/// appends. Positions run without a gap through the segments, one record after the other,
+/// so a read from any position starts at the nearest key before it and steps over fewer
+/// than this many records (about 60 us at most from the page cache), while an append of
+/// one event no longer writes a position key of its own (issue 7: one sled key less per
+/// command, out of five).
+pub(crate) const POSITION_INDEX_STRIDE_EVENTS: u64 = 128;
 
 /// The key-value pairs of a run of complete appends, ready to apply (see [`IndexStore::apply`]).
 #[derive(Default)]
@@ -139,12 +203,15 @@ pub(crate) struct IndexBatch {
 
 impl IndexBatch {
     pub fn add_event(&mut self, e: &EventEntry, hash: [u8; 32]) {
+        if e.position.is_multiple_of(POSITION_INDEX_STRIDE_EVENTS) {
+            let mut location = Vec::with_capacity(16);
+            e.location.encode(&mut location);
+            self.kvs.push((key_position(e.position), location));
+        }
         if e.index_in_append.is_multiple_of(INDEX_STRIDE_EVENTS) {
-            let mut loc = Vec::with_capacity(16);
-            e.location.encode(&mut loc);
-            self.kvs.push((key_position(e.position), loc.clone()));
-            let mut v = e.position.to_be_bytes().to_vec();
-            v.extend_from_slice(&loc);
+            let mut v = Vec::with_capacity(24);
+            v.extend_from_slice(&e.position.to_be_bytes());
+            e.location.encode(&mut v);
             self.kvs.push((key_stream(&e.stream, e.revision), v));
         }
         self.heads.insert(
@@ -158,16 +225,7 @@ impl IndexBatch {
     }
 
     pub fn add_command(&mut self, id: Uuid, rec: &CommandRecord) {
-        let mut v = Vec::with_capacity(56 + rec.stream.len());
-        v.extend_from_slice(&rec.result.first_position.to_be_bytes());
-        v.extend_from_slice(&rec.result.last_position.to_be_bytes());
-        v.extend_from_slice(&rec.result.next_expected_revision.to_be_bytes());
-        v.extend_from_slice(&rec.digest);
-        v.extend_from_slice(rec.stream.as_bytes());
-        self.kvs.push((key_command(id), v));
-        if let Some(answer) = &rec.answer {
-            self.kvs.push((key_answer(id), answer.clone()));
-        }
+        self.kvs.push((key_command(id), rec.encode()));
     }
 
     /// Finishes the batch with the checkpoint it brings the index to.
@@ -447,26 +505,39 @@ impl IndexStore {
             .collect()
     }
 
+    /// The applied command `id`, with the answer kept with its append if it was made with
+    /// one.
     pub(crate) fn command(&self, id: Uuid) -> Result<Option<CommandRecord>> {
-        let Some(v) = self.get(&key_command(id))? else {
-            return Ok(None);
-        };
-        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
-        Ok(Some(CommandRecord {
-            result: AppendResult {
-                first_position: u(0),
-                last_position: u(8),
-                next_expected_revision: u(16),
-            },
-            digest: v[24..56].try_into().expect("32"),
-            stream: String::from_utf8(v[56..].to_vec())
-                .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
-            answer: None,
-        }))
+        self.get(&key_command(id))?
+            .map(|v| CommandRecord::decode(&v))
+            .transpose()
     }
 
-    /// The answer kept with the append of command `id`, if it was made with one.
-    pub(crate) fn answer(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
-        self.get(&key_answer(id))
+    /// Makes sure the index is in [`INDEX_FORMAT_VERSION`]'s layout: an empty index is
+    /// marked with it, and an index in another layout is cleared, so that the recovery that
+    /// follows rebuilds it from the whole log. Returns whether it was cleared.
+    pub(crate) fn ensure_format(&self) -> Result<bool> {
+        let current = INDEX_FORMAT_VERSION.to_be_bytes();
+        let stored = self.get(KEY_FORMAT)?;
+        if stored.as_deref() == Some(&current[..]) {
+            return Ok(false);
+        }
+        // Anything at all without the current format key is cleared, not only a checkpoint:
+        // a clear that a crash cut short leaves keys of the old layout without one.
+        let cleared = !self.scan(&[], &[], 1)?.is_empty();
+        if cleared {
+            self.clear()?;
+        }
+        match self {
+            IndexStore::Sled(db) => {
+                db.insert(KEY_FORMAT, &current[..])?;
+            }
+            IndexStore::Memory(m) => {
+                m.lock()
+                    .expect("lock")
+                    .insert(KEY_FORMAT.to_vec(), current.to_vec());
+            }
+        }
+        Ok(cleared)
     }
 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use index::{IndexStore, open_sled};
 use reader::{SegmentReader, read_record_at};
-use writer::AppendRequest;
+use writer::{AppendRequest, CommandKey};
 
 use crate::envelope::{GENESIS_HASH, envelope_hash, request_digest};
 use crate::storage::{FsStorage, Storage};
@@ -150,6 +150,43 @@ impl EmbeddedLog {
         })
     }
 
+    /// Validates an append and hands it to the writer; answers once it is durable.
+    async fn submit(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+        key: CommandKey,
+    ) -> Result<AppendResult> {
+        let answer = match &key {
+            CommandKey::Keyed { answer, .. } => answer.as_deref(),
+            CommandKey::Unkeyed => None,
+        };
+        validate_append(stream, &events, answer)?;
+        if let Some(e) = self.inner.shared.failure() {
+            return Err(e);
+        }
+        let tx = self
+            .inner
+            .tx
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or(LedgerError::Closed)?;
+        let (reply, replied) = oneshot::channel();
+        let req = AppendRequest {
+            stream: Arc::from(stream),
+            expected,
+            events,
+            command_id,
+            key,
+            reply,
+        };
+        tx.send(req).await.map_err(|_| LedgerError::Closed)?;
+        replied.await.map_err(|_| LedgerError::Closed)?
+    }
+
     /// Stops taking appends, lets the queued ones finish, stops the threads and flushes the
     /// index. Appends after this fail with `Closed`. Needed before reopening the same
     /// directory in one process, because sled holds a lock on it.
@@ -187,10 +224,10 @@ impl EmbeddedLog {
     }
 }
 
-/// A reader at the record of the committed `position`. The index has a key at the first
-/// event of every append and at every `INDEX_STRIDE_EVENTS`-th event inside one, so the
-/// reader starts at the nearest key before and steps over the records in between (fewer
-/// than the stride, all of the same append), checking each position.
+/// A reader at the record of the committed `position`. The index has a key at every
+/// `POSITION_INDEX_STRIDE_EVENTS`-th position, so the reader starts at the nearest key
+/// before and steps over the records in between (fewer than the stride; the reader follows
+/// them into the next segment), checking each position.
 pub(crate) fn reader_at<'a>(
     storage: &'a dyn Storage,
     index: &IndexStore,
@@ -414,29 +451,22 @@ impl EventLog for EmbeddedLog {
         command_id: Uuid,
         answer: Option<Vec<u8>>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events, answer.as_deref())?;
-        if let Some(e) = self.inner.shared.failure() {
-            return Err(e);
-        }
-        let tx = self
-            .inner
-            .tx
-            .lock()
-            .expect("lock")
-            .clone()
-            .ok_or(LedgerError::Closed)?;
-        let (reply, replied) = oneshot::channel();
-        let req = AppendRequest {
+        let key = CommandKey::Keyed {
             digest: request_digest(stream, &events),
-            stream: Arc::from(stream),
-            expected,
-            events,
-            command_id,
             answer,
-            reply,
         };
-        tx.send(req).await.map_err(|_| LedgerError::Closed)?;
-        replied.await.map_err(|_| LedgerError::Closed)?
+        self.submit(stream, expected, events, command_id, key).await
+    }
+
+    async fn append_unkeyed(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> Result<AppendResult> {
+        self.submit(stream, expected, events, command_id, CommandKey::Unkeyed)
+            .await
     }
 
     async fn command_answer(
@@ -444,10 +474,10 @@ impl EventLog for EmbeddedLog {
         stream: &str,
         command_id: Uuid,
     ) -> Result<Option<CommandAnswer>> {
-        // Two point reads, nearly always from sled's cache, so they run in place rather
-        // than on the blocking pool: this sits on the path of every command sent with an
-        // id. The index holds every acknowledged append, because the indexer applies a
-        // group's entries before the writer's answers go out.
+        // One point read, nearly always from sled's cache, so it runs in place rather than
+        // on the blocking pool: this sits on the path of every command sent with an id.
+        // The index holds every acknowledged append, because the indexer applies a group's
+        // entries before the writer's answers go out.
         let index = &self.inner.shared.index;
         let Some(record) = index.command(command_id)? else {
             return Ok(None);
@@ -455,7 +485,7 @@ impl EventLog for EmbeddedLog {
         if record.stream != stream {
             return Ok(None);
         }
-        Ok(index.answer(command_id)?.map(|answer| CommandAnswer {
+        Ok(record.answer.map(|answer| CommandAnswer {
             result: record.result,
             answer,
         }))

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::chain_fault;
 use super::index::{Checkpoint, CommandRecord, EventEntry, Head, IndexBatch, IndexStore, Location};
 use super::reader::{ScanError, SegmentReader};
-use crate::envelope::{FLAG_LAST_OF_APPEND, stored_digest};
+use crate::envelope::{FLAG_LAST_OF_APPEND, FLAG_UNKEYED, stored_digest};
 use crate::storage::Storage;
 use crate::types::*;
 use crate::walk;
@@ -23,6 +23,7 @@ pub(crate) struct Recovered {
 }
 
 pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recovered> {
+    index.ensure_format()?;
     let mut segments = storage.list_segments()?;
     if segments.is_empty() {
         storage.create_segment(0)?;
@@ -141,7 +142,9 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
             },
             answer,
         };
-        batch.add_command(first_e.command_id, &rec);
+        if flags & FLAG_UNKEYED == 0 {
+            batch.add_command(first_e.command_id, &rec);
+        }
         for (index_in_append, (e, loc)) in pending.iter().enumerate() {
             batch.add_event(
                 &EventEntry {

@@ -15,7 +15,7 @@ use super::index::{
 use super::recovery::Recovered;
 use super::{INDEX_QUEUE_GROUPS, Shared};
 use crate::envelope::{
-    FLAG_LAST_OF_APPEND, answer_record_bytes, encode_record, record_bytes, seal,
+    FLAG_LAST_OF_APPEND, FLAG_UNKEYED, answer_record_bytes, encode_record, record_bytes, seal,
 };
 use crate::types::*;
 
@@ -29,10 +29,21 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedRevision,
     pub events: Vec<NewEvent>,
     pub command_id: Uuid,
-    pub digest: [u8; 32],
-    /// Kept in the append's last record (AUD-4), if the caller gave one.
-    pub answer: Option<Vec<u8>>,
+    pub key: CommandKey,
     pub reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// Whether the log remembers an append's command id, and what it keeps with it.
+pub(crate) enum CommandKey {
+    /// The id is indexed: an append with it again answers the first result.
+    Keyed {
+        /// Of the stream and the events, to tell a retry from another append under the id.
+        digest: [u8; 32],
+        /// Kept in the append's last record (AUD-4), if the caller gave one.
+        answer: Option<Vec<u8>>,
+    },
+    /// The id is only recorded with the events (`EventLog::append_unkeyed`).
+    Unkeyed,
 }
 
 type Reply = (oneshot::Sender<Result<AppendResult>>, Result<AppendResult>);
@@ -208,8 +219,14 @@ impl Writer {
         buf: &mut Vec<u8>,
         batch: &mut IndexBatch,
     ) -> Result<Result<AppendResult>> {
-        if let Some(rec) = self.lookup_command(req.command_id)? {
-            return Ok(if rec.digest == req.digest && *rec.stream == *req.stream {
+        let keyed = match &req.key {
+            CommandKey::Keyed { digest, answer } => Some((digest, answer)),
+            CommandKey::Unkeyed => None,
+        };
+        if let Some((digest, _)) = keyed
+            && let Some(rec) = self.lookup_command(req.command_id)?
+        {
+            return Ok(if rec.digest == *digest && *rec.stream == *req.stream {
                 Ok(rec.result)
             } else {
                 Err(LedgerError::CommandIdReused {
@@ -266,7 +283,12 @@ impl Writer {
                 ev,
             );
             if i + 1 == n {
-                encode_record(buf, &e, FLAG_LAST_OF_APPEND, req.answer.as_deref());
+                match keyed {
+                    Some((_, answer)) => {
+                        encode_record(buf, &e, FLAG_LAST_OF_APPEND, answer.as_deref())
+                    }
+                    None => encode_record(buf, &e, FLAG_LAST_OF_APPEND | FLAG_UNKEYED, None),
+                }
             } else {
                 encode_record(buf, &e, 0, None);
             }
@@ -296,14 +318,16 @@ impl Writer {
                 hash: prev_hash,
             },
         );
-        let rec = CommandRecord {
-            stream: req.stream.to_string(),
-            digest: req.digest,
-            result,
-            answer: req.answer.clone(),
-        };
-        batch.add_command(req.command_id, &rec);
-        self.recent_commands.insert(req.command_id, rec);
+        if let Some((digest, answer)) = keyed {
+            let rec = CommandRecord {
+                stream: req.stream.to_string(),
+                digest: *digest,
+                result,
+                answer: answer.clone(),
+            };
+            batch.add_command(req.command_id, &rec);
+            self.recent_commands.insert(req.command_id, rec);
+        }
         Ok(Ok(result))
     }
 
@@ -332,7 +356,10 @@ fn request_bytes(r: &AppendRequest) -> usize {
         .iter()
         .map(|e| record_bytes(&r.stream, e))
         .sum::<usize>()
-        + answer_record_bytes(r.answer.as_deref())
+        + match &r.key {
+            CommandKey::Keyed { answer, .. } => answer_record_bytes(answer.as_deref()),
+            CommandKey::Unkeyed => 0,
+        }
 }
 
 fn run_indexer(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncedGroup>) {

@@ -21,6 +21,7 @@ mod process;
 mod replay;
 mod report;
 mod stats;
+mod store;
 
 use std::path::PathBuf;
 
@@ -33,9 +34,10 @@ use crate::report::Report;
 enum Workload {
     /// 1: durable single-user AddUsersByEmail from many clients over many licenses.
     Commands,
-    /// 2: the same append load against a PostgreSQL events table.
+    /// 2: the same append load against a PostgreSQL events table, then against the ledger's
+    /// store alone (in this process), with the store/peer ratios.
     Peer,
-    /// 1 and 2 in the same run, with the ledger/peer ratio.
+    /// 1 and 2 in the same run, with the service/peer and store/peer ratios.
     Compare,
     /// 3: one large CSV import until every row is visible in ListUsers, with peak RSS.
     Import,
@@ -191,7 +193,12 @@ async fn run(flags: &Flags) -> Result<Report> {
     if peer && let Err(error) = peer::run(flags, &mut report).await {
         report.fail(format!("workload 2: {error:#}"));
     }
-    if ledger && peer {
+    if (peer || flags.workload == Workload::Smoke)
+        && let Err(error) = store::run(flags, &mut report).await
+    {
+        report.fail(format!("workload 2 (the store alone): {error:#}"));
+    }
+    if peer {
         report.compare();
     }
     if large {

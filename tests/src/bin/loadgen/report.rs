@@ -23,6 +23,8 @@ pub struct Report {
     debug_build: bool,
     ledger_commands_per_second: Option<f64>,
     peer_commands_per_second: Option<f64>,
+    /// The store alone under the peer's load: (unkeyed ids, keyed ids), appends per second.
+    store_appends_per_second: (Option<f64>, Option<f64>),
 }
 
 fn number(value: f64) -> String {
@@ -43,6 +45,7 @@ impl Report {
             debug_build,
             ledger_commands_per_second: None,
             peer_commands_per_second: None,
+            store_appends_per_second: (None, None),
         }
     }
 
@@ -94,21 +97,40 @@ impl Report {
         self.peer_commands_per_second = Some(commands_per_second);
     }
 
-    /// Workload 2's figure: the ledger's throughput over the peer's, from the same run.
+    pub fn store_throughput(&mut self, keyed: bool, appends_per_second: f64) {
+        if keyed {
+            self.store_appends_per_second.1 = Some(appends_per_second);
+        } else {
+            self.store_appends_per_second.0 = Some(appends_per_second);
+        }
+    }
+
+    /// Workload 2's figures, from the same run: the whole service's throughput (workload 1,
+    /// gRPC, decisions and read models included) over the peer's, and the ledger's store
+    /// alone under the peer's load over the peer's.
     pub fn compare(&mut self) {
-        if let (Some(ledger), Some(peer)) = (
-            self.ledger_commands_per_second,
-            self.peer_commands_per_second,
-        ) && peer > 0.0
-        {
-            println!("\n== ledger / peer");
-            self.figure(
-                "2",
-                "ledger/peer throughput",
-                ledger / peer,
-                "x",
-                Some(Target::AtLeast(3.0)),
-            );
+        let Some(peer) = self.peer_commands_per_second.filter(|peer| *peer > 0.0) else {
+            return;
+        };
+        println!("\n== ledger / peer");
+        let (unkeyed, keyed) = self.store_appends_per_second;
+        for (figure, value) in [
+            (
+                "service (workload 1 over gRPC) / peer throughput",
+                self.ledger_commands_per_second,
+            ),
+            (
+                "ledger store, unkeyed ids (as the peer) / peer throughput",
+                unkeyed,
+            ),
+            (
+                "ledger store, keyed ids (retries deduplicated) / peer throughput",
+                keyed,
+            ),
+        ] {
+            if let Some(value) = value {
+                self.figure("2", figure, value / peer, "x", Some(Target::AtLeast(3.0)));
+            }
         }
     }
 
