@@ -8,6 +8,9 @@
 //!   waitlist and promotions, removals, domain admins) applied into a fresh store in the
 //!   rebuild's batch size into a rebuild generation, which is then swapped in (workload 6: at
 //!   least 500,000 events/s);
+//! - spread: workload 1's load as the live projector sees it: invites of new users spread
+//!   over 1,000 licenses, applied in small batches (events/s and CPU per event: the
+//!   projector applies one batch at a time, so this bounds workload 1's throughput);
 //! - queries: ListUsers with `%pattern%` and other plans, and GetLicense, on one license
 //!   (workload 5: pattern p99 at most 50 ms, GetLicense p99 at most 1 ms).
 //!
@@ -30,10 +33,15 @@ use projections::{
 
 const IMPORT_EVENTS_DEFAULT: usize = 1_000_000;
 /// The server projector's batch (server::projector::PROJECTOR_BATCH_EVENTS_MAX).
-const IMPORT_BATCH_EVENTS_DEFAULT: usize = 1_000;
+const IMPORT_BATCH_EVENTS_DEFAULT: usize = 256;
 const REBUILD_EVENTS_DEFAULT: usize = 2_000_000;
 const QUERY_MEMBERS_DEFAULT: usize = 500_000;
 const QUERY_ROUNDS_DEFAULT: usize = 200;
+const SPREAD_EVENTS_DEFAULT: usize = 200_000;
+/// About what the live projector takes per batch during workload 1 (its lag, sampled from
+/// the server's metrics, runs from tens to a few hundred events).
+const SPREAD_BATCH_EVENTS_DEFAULT: usize = 100;
+const SPREAD_LICENSES: usize = 1_000;
 const GET_LICENSE_ROUNDS: usize = 10_000;
 const PAGE_SIZE: usize = 100;
 
@@ -67,12 +75,14 @@ struct Options {
     rebuild_batch: usize,
     query_members: usize,
     query_rounds: usize,
+    spread_events: usize,
+    spread_batch: usize,
     phases: Vec<String>,
 }
 
 const USAGE: &str = "projections-bench [--import-events N] [--import-batch N] \
 [--rebuild-events N] [--rebuild-batch N] [--query-members N] [--query-rounds N] \
-[--only import|rebuild|queries]... (use --rebuild-events 10000000 for workload 6's size)";
+[--spread-events N] [--spread-batch N] [--only import|rebuild|spread|queries]... (use --rebuild-events 10000000 for workload 6's size)";
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
@@ -82,6 +92,8 @@ fn options() -> Result<Options, String> {
         rebuild_batch: APPLY_BATCH_EVENTS_MAX,
         query_members: QUERY_MEMBERS_DEFAULT,
         query_rounds: QUERY_ROUNDS_DEFAULT,
+        spread_events: SPREAD_EVENTS_DEFAULT,
+        spread_batch: SPREAD_BATCH_EVENTS_DEFAULT,
         phases: Vec::new(),
     };
     let mut arguments = std::env::args().skip(1);
@@ -105,15 +117,26 @@ fn options() -> Result<Options, String> {
             "--rebuild-batch" => options.rebuild_batch = number()?.clamp(1, APPLY_BATCH_EVENTS_MAX),
             "--query-members" => options.query_members = number()?,
             "--query-rounds" => options.query_rounds = number()?.max(1),
+            "--spread-events" => options.spread_events = number()?,
+            "--spread-batch" => options.spread_batch = number()?.clamp(1, APPLY_BATCH_EVENTS_MAX),
             "--only" => match value.as_str() {
-                "import" | "rebuild" | "queries" => options.phases.push(value.clone()),
-                _ => return Err(format!("--only takes import, rebuild or queries\n{USAGE}")),
+                "import" | "rebuild" | "spread" | "queries" => options.phases.push(value.clone()),
+                _ => {
+                    return Err(format!(
+                        "--only takes import, rebuild, spread or queries\n{USAGE}"
+                    ));
+                }
             },
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
     if options.phases.is_empty() {
-        options.phases = vec!["import".into(), "rebuild".into(), "queries".into()];
+        options.phases = vec![
+            "import".into(),
+            "rebuild".into(),
+            "spread".into(),
+            "queries".into(),
+        ];
     }
     Ok(options)
 }
@@ -566,6 +589,87 @@ fn import_phase(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Workload 1's events as the projector sees them: 1,000 licenses issued, then invites of
+/// new users, one license after another (the load generator's clients walk the licenses
+/// with a stride, so consecutive events rarely share one).
+struct Spread {
+    events: usize,
+    next: usize,
+    start: DateTime<Utc>,
+    admin: Email,
+}
+
+impl Spread {
+    fn next_chunk(&mut self, size: usize) -> Vec<ProjectedEvent> {
+        let mut chunk = Vec::with_capacity(size);
+        while chunk.len() < size && self.next < SPREAD_LICENSES + self.events {
+            let position = self.next as u64 + 1;
+            let license_index = self.next % SPREAD_LICENSES;
+            let license = LicenseId::parse(&format!("W1L{license_index:06}")).expect("valid id");
+            let (revision, event) = if self.next < SPREAD_LICENSES {
+                (0, issued(&license, 10_000_000, self.start, &self.admin))
+            } else {
+                let invite = self.next - SPREAD_LICENSES;
+                let event = Event::InviteSent(InviteSent {
+                    email: Email::parse(&format!(
+                        "c{}-u{invite}@school{}.example.org",
+                        invite % 64,
+                        invite % 97
+                    ))
+                    .expect("valid email"),
+                    source: Source::Email,
+                    role: Role::Student,
+                });
+                ((self.next / SPREAD_LICENSES) as u64, event)
+            };
+            chunk.push(ProjectedEvent {
+                position,
+                stream: format!("license-{}", license.as_str()),
+                revision,
+                recorded_at: self.start + chrono::Duration::milliseconds(self.next as i64),
+                actor: Actor::User(self.admin.clone()),
+                event,
+            });
+            self.next += 1;
+        }
+        chunk
+    }
+}
+
+fn spread_phase(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let directory = scratch_directory("spread");
+    let projections = Projections::open(&directory)?;
+    let mut spread = Spread {
+        events: options.spread_events,
+        next: 0,
+        start: start_time(),
+        admin: Email::parse("admin@district.example.org")?,
+    };
+    let issued = apply_all(
+        |events| projections.apply_batch(events),
+        APPLY_BATCH_EVENTS_MAX,
+        |size| spread.next_chunk(size.min(SPREAD_LICENSES - spread.next.min(SPREAD_LICENSES))),
+    )?;
+    assert_eq!(issued.events, SPREAD_LICENSES);
+    let result = apply_all(
+        |events| projections.apply_batch(events),
+        options.spread_batch,
+        |size| spread.next_chunk(size),
+    )?;
+    assert_eq!(result.events, options.spread_events);
+    println!(
+        "spread: {} invites over {SPREAD_LICENSES} licenses in batches of {}: {:.0} events/s, \
+         {:.1} us of CPU per event (the process, sled's threads included)",
+        result.events,
+        options.spread_batch,
+        result.events as f64 / result.elapsed.as_secs_f64(),
+        result.cpu_seconds * 1e6 / result.events as f64,
+    );
+    drop(projections);
+    std::fs::remove_dir_all(&directory)?;
+    Ok(())
+}
+
 fn rebuild_phase(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     reset_peak_memory();
     let directory = scratch_directory("rebuild");
@@ -735,6 +839,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match phase.as_str() {
             "import" => import_phase(&options)?,
             "rebuild" => rebuild_phase(&options)?,
+            "spread" => spread_phase(&options)?,
             _ => queries_phase(&options)?,
         }
     }
