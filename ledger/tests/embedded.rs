@@ -487,19 +487,20 @@ async fn log_read_one(log: &EmbeddedLog, from: u64) -> RecordedEvent {
 }
 
 #[tokio::test]
-async fn an_index_in_the_previous_layout_is_rebuilt_from_the_log_at_open() {
-    // Index format 1 kept each answer under its own `A` key and a command's value without
-    // the stream's length; format 2 keeps the answer inside the command's value. An index
-    // without the format key is cleared at open and rebuilt from the log, so no value of the
-    // old layout is ever read as the new one.
+async fn an_index_in_the_previous_layout_is_converted_at_open() {
+    // Index format 1 kept each answer under its own `A` key and a command's value, under
+    // `C`, without the stream's length; format 2 keeps the answer inside the command's value
+    // under `c`. An index without the format key is converted at open, before recovery
+    // reads it, keeping its checkpoint and heads.
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
     let command = Uuid::new_v4();
+    let appended = events(2, "SeatAssigned");
     let result = log
         .append_answered(
             "license-L1",
             ExpectedRevision::NoStream,
-            events(2, "SeatAssigned"),
+            appended.clone(),
             command,
             Some(b"the answer".to_vec()),
         )
@@ -509,40 +510,60 @@ async fn an_index_in_the_previous_layout_is_rebuilt_from_the_log_at_open() {
     shut(log).await;
 
     // Rewrite the index as format 1 would have left it.
-    {
+    let checkpoint = {
         let index = sled::open(dir.path().join("index")).unwrap();
         assert!(
             index.remove(b"F").unwrap().is_some(),
             "format 2 marks its index"
         );
-        let mut command_key = vec![b'C'];
-        command_key.extend_from_slice(command.as_bytes());
-        let value = index.get(&command_key).unwrap().unwrap();
+        let mut new_key = vec![b'c'];
+        new_key.extend_from_slice(command.as_bytes());
+        let value = index.remove(&new_key).unwrap().unwrap();
         // first, last, next revision, digest, then the bare stream name.
         let mut old_value = value[..56].to_vec();
         old_value.extend_from_slice(b"license-L1");
-        index.insert(&command_key, old_value).unwrap();
+        let mut old_key = vec![b'C'];
+        old_key.extend_from_slice(command.as_bytes());
+        index.insert(&old_key, old_value).unwrap();
         let mut answer_key = vec![b'A'];
         answer_key.extend_from_slice(command.as_bytes());
         index.insert(&answer_key, &b"the answer"[..]).unwrap();
         index.flush().unwrap();
-    }
+        index.get(b"K").unwrap().unwrap()
+    };
 
     let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
     let kept = log
         .command_answer("license-L1", command)
         .await
         .unwrap()
-        .expect("the rebuilt index keeps the command's answer");
+        .expect("the converted index keeps the command's answer");
     assert_eq!(kept.result, result);
     assert_eq!(kept.answer, b"the answer");
     assert_eq!(all_events(&log).await, whole);
     assert_eq!(log.read_stream("license-L1", 0, 10).await.unwrap(), whole);
+    // A retry of the command is still recognised.
+    let retry = log
+        .append_answered(
+            "license-L1",
+            ExpectedRevision::NoStream,
+            appended,
+            command,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(retry, result);
     shut(log).await;
     let index = sled::open(dir.path().join("index")).unwrap();
     assert!(
-        index.scan_prefix(b"A").next().is_none(),
+        index.scan_prefix(b"A").next().is_none() && index.scan_prefix(b"C").next().is_none(),
         "nothing of the old layout is left"
+    );
+    assert_eq!(
+        index.get(b"K").unwrap().unwrap(),
+        checkpoint,
+        "the checkpoint is kept"
     );
     assert_eq!(
         index.get(b"F").unwrap().as_deref(),
@@ -627,4 +648,31 @@ async fn an_unkeyed_append_records_its_id_but_the_log_does_not_remember_it() {
         assert!(log.verify().await.unwrap().first_break.is_none());
         shut(log).await;
     }
+}
+
+#[tokio::test]
+async fn a_subscription_at_the_live_tail_resumes_where_it_read_up_to_across_segments() {
+    // A subscription reads on from where its last read ended instead of from the index's
+    // nearest position key (issue 7): through small segments, from a position between keys,
+    // while appends keep coming, it must deliver exactly the log.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
+    fill(&log, 10).await;
+    let start = 13;
+    let mut subscription = log.subscribe_all(start).await.unwrap();
+    let mut received = Vec::new();
+    for round in 0..60 {
+        fill(&log, 1 + round % 3).await;
+        let committed = all_events(&log).await.len() as u64;
+        while start + (received.len() as u64) < committed {
+            received.push(subscription.next().await.unwrap().unwrap());
+        }
+    }
+    let whole = all_events(&log).await;
+    assert!(
+        segment_files(dir.path()).len() > 5,
+        "the reads crossed segments"
+    );
+    assert_eq!(received, whole[start as usize..]);
+    shut(log).await;
 }

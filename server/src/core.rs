@@ -735,7 +735,7 @@ impl Core {
             // Each chunk of a very large decision is its own append. The last one carries
             // the command's id and its answer, so that the id finds the whole command's
             // result (AUD-4); the others' ids derive from it, so that the ledger still
-            // recognises a retried chunk.
+            // recognises a retried chunk of a keyed command (an unkeyed one has no retry).
             let last_chunk = index + 1 == chunks_count;
             let (chunk_id, chunk_answer) = if last_chunk {
                 (command_id, answer.take())

@@ -75,6 +75,27 @@ impl CommandRecord {
         v
     }
 
+    /// A format 1 command value (no stream length; the answer under its own key).
+    fn decode_format_1(v: &[u8], answer: Option<Vec<u8>>) -> Result<CommandRecord> {
+        if v.len() < 56 {
+            return Err(LedgerError::Index(
+                "a format 1 command's index value is malformed".into(),
+            ));
+        }
+        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
+        Ok(CommandRecord {
+            result: AppendResult {
+                first_position: u(0),
+                last_position: u(8),
+                next_expected_revision: u(16),
+            },
+            digest: v[24..56].try_into().expect("32"),
+            stream: String::from_utf8(v[56..].to_vec())
+                .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
+            answer,
+        })
+    }
+
     /// The inverse of [`CommandRecord::encode`]; a value it did not write is an index error.
     fn decode(v: &[u8]) -> Result<CommandRecord> {
         let malformed = || LedgerError::Index("a command's index value is malformed".into());
@@ -124,16 +145,25 @@ pub enum IndexStore {
 const TAG_POSITION: u8 = b'P';
 const TAG_STREAM: u8 = b'S';
 const TAG_HEAD: u8 = b'H';
-const TAG_COMMAND: u8 = b'C';
+/// A command in format 2: the answer inside the value (see [`CommandRecord::encode`]).
+const TAG_COMMAND: u8 = b'c';
+/// A command in format 1: the value without the stream's length, the answer under
+/// `TAG_ANSWER_FORMAT_1`. A different tag from format 2's, so that a conversion cut short
+/// by a crash leaves no value whose layout is in doubt.
+const TAG_COMMAND_FORMAT_1: u8 = b'C';
+const TAG_ANSWER_FORMAT_1: u8 = b'A';
 const KEY_CHECKPOINT: &[u8] = b"K";
 const KEY_FORMAT: &[u8] = b"F";
 
-/// The layout of the index's keys and values. An index written in another layout is
-/// cleared at open and rebuilt from the log (it is derived, and the log is the truth).
-/// Format 1 (no `F` key) kept answers under their own `A` keys and a position key at the
-/// first event of every append; format 2 keeps the answer in the command's value and a
-/// position key only at every [`POSITION_INDEX_STRIDE_EVENTS`]-th position.
+/// The layout of the index's keys and values. Format 1 (no `F` key) kept each answer under
+/// its own `A` key and a position key at the first event of every append; format 2 keeps
+/// the answer in the command's value, under another tag, and a position key only at every
+/// [`POSITION_INDEX_STRIDE_EVENTS`]-th position. [`IndexStore::ensure_format`] converts
+/// format 1's commands at open; its extra position keys stay, and read the same way.
 pub(crate) const INDEX_FORMAT_VERSION: u32 = 2;
+
+/// Format 1 commands converted per sled batch at open.
+const FORMAT_CONVERSION_BATCH_COMMANDS_MAX: usize = 1_024;
 
 pub(crate) fn key_position(position: u64) -> Vec<u8> {
     let mut k = vec![TAG_POSITION];
@@ -513,31 +543,82 @@ impl IndexStore {
             .transpose()
     }
 
-    /// Makes sure the index is in [`INDEX_FORMAT_VERSION`]'s layout: an empty index is
-    /// marked with it, and an index in another layout is cleared, so that the recovery that
-    /// follows rebuilds it from the whole log. Returns whether it was cleared.
-    pub(crate) fn ensure_format(&self) -> Result<bool> {
+    /// Makes sure the index is in [`INDEX_FORMAT_VERSION`]'s layout before recovery reads
+    /// it. An index without the `F` key is format 1 (or empty): its commands are converted
+    /// in batches (each batch writes the new keys and removes the old ones atomically, so a
+    /// crash leaves every command in exactly one layout and the next open goes on), and
+    /// then the key is written. The checkpoint and the stream heads are kept as they are,
+    /// so recovery's checks against them (events deleted or damaged behind the checkpoint,
+    /// a re-hashed last event) hold across the upgrade. Returns the commands converted.
+    pub(crate) fn ensure_format(&self) -> Result<u64> {
         let current = INDEX_FORMAT_VERSION.to_be_bytes();
-        let stored = self.get(KEY_FORMAT)?;
-        if stored.as_deref() == Some(&current[..]) {
-            return Ok(false);
+        match self.get(KEY_FORMAT)? {
+            Some(stored) if stored == current => return Ok(0),
+            Some(stored) => {
+                return Err(LedgerError::Index(format!(
+                    "the index is in format {stored:?}, which this version does not know; \
+                     delete the index directory to rebuild it from the log"
+                )));
+            }
+            None => {}
         }
-        // Anything at all without the current format key is cleared, not only a checkpoint:
-        // a clear that a crash cut short leaves keys of the old layout without one.
-        let cleared = !self.scan(&[], &[], 1)?.is_empty();
-        if cleared {
-            self.clear()?;
+        let mut converted = 0;
+        loop {
+            let old = self.scan(
+                &[TAG_COMMAND_FORMAT_1],
+                &[TAG_COMMAND_FORMAT_1],
+                FORMAT_CONVERSION_BATCH_COMMANDS_MAX,
+            )?;
+            if old.is_empty() {
+                break;
+            }
+            let mut inserts = Vec::with_capacity(old.len());
+            let mut removals = Vec::with_capacity(2 * old.len());
+            for (key, value) in old {
+                let id = &key[1..];
+                let mut answer_key = vec![TAG_ANSWER_FORMAT_1];
+                answer_key.extend_from_slice(id);
+                let record = CommandRecord::decode_format_1(&value, self.get(&answer_key)?)?;
+                let mut new_key = vec![TAG_COMMAND];
+                new_key.extend_from_slice(id);
+                inserts.push((new_key, record.encode()));
+                removals.push(key);
+                removals.push(answer_key);
+                converted += 1;
+            }
+            self.write_atomically(inserts, removals)?;
         }
+        self.write_atomically(vec![(KEY_FORMAT.to_vec(), current.to_vec())], Vec::new())?;
+        Ok(converted)
+    }
+
+    /// Inserts and removes keys in one atomic batch.
+    fn write_atomically(
+        &self,
+        inserts: Vec<(Vec<u8>, Vec<u8>)>,
+        removals: Vec<Vec<u8>>,
+    ) -> Result<()> {
         match self {
             IndexStore::Sled(db) => {
-                db.insert(KEY_FORMAT, &current[..])?;
+                let mut batch = sled::Batch::default();
+                for key in removals {
+                    batch.remove(key);
+                }
+                for (key, value) in inserts {
+                    batch.insert(key, value);
+                }
+                db.apply_batch(batch)?;
             }
             IndexStore::Memory(m) => {
-                m.lock()
-                    .expect("lock")
-                    .insert(KEY_FORMAT.to_vec(), current.to_vec());
+                let mut m = m.lock().expect("lock");
+                for key in removals {
+                    m.remove(&key);
+                }
+                for (key, value) in inserts {
+                    m.insert(key, value);
+                }
             }
         }
-        Ok(cleared)
+        Ok(())
     }
 }

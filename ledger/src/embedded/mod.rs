@@ -264,18 +264,38 @@ fn next_committed(reader: &mut SegmentReader<'_>, expected: u64) -> Result<Recor
 
 /// Reads up to `max` committed events from `from` on, checking positions as it goes.
 fn read_all_blocking(shared: &Shared, from: u64, max: usize) -> Result<Vec<RecordedEvent>> {
+    read_all_resuming(shared, from, max, None).map(|(events, _)| events)
+}
+
+/// `read_all_blocking` that can start at `resume_at`, where a previous read of this log
+/// ended (the record of `from`), instead of at the index's nearest position key before
+/// `from`, which is up to `POSITION_INDEX_STRIDE_EVENTS - 1` records back. A subscription
+/// at the live tail reads a few events per group commit, so stepping over those records on
+/// every read would cost more than the read. Returns the events and where the next record
+/// starts (`resume_at` again when nothing was read). Every record is still checked for its
+/// position, so a wrong location is `Corrupt`, never a wrong event.
+fn read_all_resuming(
+    shared: &Shared,
+    from: u64,
+    max: usize,
+    resume_at: Option<index::Location>,
+) -> Result<(Vec<RecordedEvent>, Option<index::Location>)> {
     let committed = shared.committed.load(Ordering::Acquire);
     if from >= committed || max == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), resume_at));
     }
     let count = (committed - from).min(max.min(READ_EVENTS_MAX) as u64) as usize;
     let last_segment = shared.last_segment.load(Ordering::Acquire);
-    let mut reader = reader_at(shared.storage.as_ref(), &shared.index, last_segment, from)?;
+    let storage = shared.storage.as_ref();
+    let mut reader = match resume_at {
+        Some(location) => SegmentReader::new(storage, location, last_segment),
+        None => reader_at(storage, &shared.index, last_segment, from)?,
+    };
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         out.push(next_committed(&mut reader, from + out.len() as u64)?);
     }
-    Ok(out)
+    Ok((out, Some(reader.location())))
 }
 
 /// Reads up to `max` committed events of `stream` from `from_revision` on. The index holds
@@ -515,18 +535,21 @@ impl EventLog for EmbeddedLog {
             // One loop serves catch-up and live alike: it always reads the committed log
             // from the next position it owes, so there is no seam to cross.
             let mut next = from_position;
+            // Where the record of `next` starts, once a read has ended there.
+            let mut resume_at = None;
             loop {
                 let committed = *committed_rx.borrow_and_update();
                 if next < committed {
                     let s = shared.clone();
                     let batch = tokio::task::spawn_blocking(move || {
-                        read_all_blocking(&s, next, SUBSCRIPTION_READ_EVENTS)
+                        read_all_resuming(&s, next, SUBSCRIPTION_READ_EVENTS, resume_at)
                     })
                     .await
                     .map_err(|e| LedgerError::Backend(e.to_string()))
                     .and_then(|r| r);
                     match batch {
-                        Ok(events) => {
+                        Ok((events, location)) => {
+                            resume_at = location;
                             for e in events {
                                 assert_eq!(e.position, next, "subscription skipped or repeated");
                                 next += 1;
