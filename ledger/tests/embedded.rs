@@ -511,7 +511,7 @@ async fn an_index_in_the_previous_layout_is_converted_at_open() {
 
     // Rewrite the index as format 1 would have left it.
     let checkpoint = {
-        let index = sled::open(dir.path().join("index")).unwrap();
+        let index = ledger::open_sled(&dir.path().join("index")).unwrap();
         assert!(
             index.remove(b"F").unwrap().is_some(),
             "format 2 marks its index"
@@ -555,7 +555,7 @@ async fn an_index_in_the_previous_layout_is_converted_at_open() {
         .unwrap();
     assert_eq!(retry, result);
     shut(log).await;
-    let index = sled::open(dir.path().join("index")).unwrap();
+    let index = ledger::open_sled(&dir.path().join("index")).unwrap();
     assert!(
         index.scan_prefix(b"A").next().is_none() && index.scan_prefix(b"C").next().is_none(),
         "nothing of the old layout is left"

@@ -15,6 +15,10 @@ use projections::{
 };
 use support::*;
 
+/// Attempts to reopen a store whose lock sled is still releasing, 10 ms apart: 10 s.
+const OPEN_ATTEMPTS_MAX: u32 = 1_000;
+const OPEN_RETRY_INTERVAL_MS: u64 = 10;
+
 fn projections_of(world: &World) -> (tempfile::TempDir, Projections) {
     let directory = tempfile::tempdir().unwrap();
     let projections = Projections::open(directory.path()).unwrap();
@@ -567,7 +571,19 @@ fn key_and_link_lookups_follow_rotation() {
     );
     // The secrets themselves are nowhere in the lookup trees' keys.
     drop(projections);
-    let raw = sled::open(directory.path()).unwrap();
+    // sled releases a directory's lock from its background threads a moment after the last
+    // handle is dropped (later still on a loaded machine), so the reopen retries, bounded,
+    // as `Projections::open` does.
+    let raw = (0..OPEN_ATTEMPTS_MAX)
+        .find_map(|_| match sled::open(directory.path()) {
+            Ok(db) => Some(db),
+            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(StdDuration::from_millis(OPEN_RETRY_INTERVAL_MS));
+                None
+            }
+            Err(error) => panic!("reopening the store: {error}"),
+        })
+        .expect("sled released its lock within the bound");
     for name in raw.tree_names() {
         for item in raw.open_tree(name).unwrap().iter() {
             let (key, _) = item.unwrap();

@@ -18,7 +18,7 @@ use domain::{
     Actor, Context, DomainCommand, DomainError, DomainName, Email, EmailDomain, License,
     LicenseCommand, LicenseId, Outcome, Secret, WrongSecretThrottle,
 };
-use ledger::{EventLog, ExpectedRevision, LedgerError, NewEvent, RecordedEvent};
+use ledger::{AppendResult, EventLog, ExpectedRevision, LedgerError, NewEvent, RecordedEvent};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -743,21 +743,16 @@ impl Core {
                 (Uuid::new_v5(&command_id, &index.to_be_bytes()), None)
             };
             let new_events = Self::new_events(&chunk, meta, correlation_id);
-            let result = if keyed {
-                self.log
-                    .append_answered(
-                        &license_stream(id),
-                        entry.expected(),
-                        new_events,
-                        chunk_id,
-                        chunk_answer,
-                    )
-                    .await?
-            } else {
-                self.log
-                    .append_unkeyed(&license_stream(id), entry.expected(), new_events, chunk_id)
-                    .await?
-            };
+            let result = self
+                .append_tagged(
+                    &license_stream(id),
+                    entry.expected(),
+                    new_events,
+                    chunk_id,
+                    keyed,
+                    chunk_answer,
+                )
+                .await?;
             let expected_last = entry.revision.map_or(0, |r| r + 1) + chunk.len() as u64 - 1;
             if result.next_expected_revision != expected_last {
                 // The ledger answered an earlier append of this command id: nothing new was
@@ -776,6 +771,31 @@ impl Core {
             last_position = crate::projector::api_position(result.last_position);
         }
         Ok(last_position)
+    }
+
+    /// Appends with the command's id remembered for the client's retries when the client
+    /// sent it (`keyed`, AUD-4), with `answer` kept beside it; an id the server made up is
+    /// only recorded with the events (`EventLog::append_unkeyed`), because nobody can send
+    /// it again and remembering it costs the ledger an index key and a lookup (issue 7).
+    async fn append_tagged(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+        keyed: bool,
+        answer: Option<Vec<u8>>,
+    ) -> Result<AppendResult, LedgerError> {
+        if keyed {
+            self.log
+                .append_answered(stream, expected, events, command_id, answer)
+                .await
+        } else {
+            debug_assert!(answer.is_none(), "an answer is kept only for a client's id");
+            self.log
+                .append_unkeyed(stream, expected, events, command_id)
+                .await
+        }
     }
 
     /// AUD-4: the outcome kept with an earlier append of this command, if there is one.
@@ -907,12 +927,12 @@ impl Core {
             };
             let new_events = Self::new_events(&decision.events, &meta, ids.correlation_id);
             match self
-                .log
-                .append_answered(
+                .append_tagged(
                     &domain_stream(name),
                     entry.expected(),
                     new_events,
                     ids.command_id,
+                    ids.fingerprint.is_some(),
                     answer.clone(),
                 )
                 .await
@@ -991,13 +1011,16 @@ impl Core {
             at: context.now,
             actor: actor.clone(),
         };
+        // Keyed when the client sent an id: a retry after a crash between the two appends
+        // finds this one done and goes on to the license's.
         let result = self
-            .log
-            .append(
+            .append_tagged(
                 &domain_stream(domain),
                 domain_entry.expected(),
                 Self::new_events(&domain_decision.events, &meta, correlation_id),
                 command_id,
+                fingerprint.is_some(),
+                None,
             )
             .await?;
         for event in &domain_decision.events {
@@ -1039,7 +1062,7 @@ impl Core {
                     };
                     if let Ok(result) = self
                         .log
-                        .append(
+                        .append_unkeyed(
                             &domain_stream(domain),
                             domain_entry.expected(),
                             Self::new_events(&decision.events, &undo_meta, correlation_id),

@@ -82,37 +82,13 @@ impl CommandRecord {
                 "a format 1 command's index value is malformed".into(),
             ));
         }
-        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
-        Ok(CommandRecord {
-            result: AppendResult {
-                first_position: u(0),
-                last_position: u(8),
-                next_expected_revision: u(16),
-            },
-            digest: v[24..56].try_into().expect("32"),
-            stream: String::from_utf8(v[56..].to_vec())
-                .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
-            answer,
-        })
+        Self::from_parts(v, &v[56..], answer)
     }
 
-    /// The inverse of [`CommandRecord::encode`]; a value it did not write is an index error.
-    fn decode(v: &[u8]) -> Result<CommandRecord> {
-        let malformed = || LedgerError::Index("a command's index value is malformed".into());
-        if v.len() < 59 {
-            return Err(malformed());
-        }
+    /// The record from a value's first 56 bytes (result and digest), its stream's name and
+    /// its answer.
+    fn from_parts(v: &[u8], stream: &[u8], answer: Option<Vec<u8>>) -> Result<CommandRecord> {
         let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8"));
-        let stream_len = usize::from(u16::from_be_bytes(v[56..58].try_into().expect("2")));
-        let stream_end = 58 + stream_len;
-        let (Some(stream), Some(&flag)) = (v.get(58..stream_end), v.get(stream_end)) else {
-            return Err(malformed());
-        };
-        let answer = match flag {
-            0 if v.len() == stream_end + 1 => None,
-            1 => Some(v[stream_end + 1..].to_vec()),
-            _ => return Err(malformed()),
-        };
         Ok(CommandRecord {
             result: AppendResult {
                 first_position: u(0),
@@ -124,6 +100,25 @@ impl CommandRecord {
                 .map_err(|_| LedgerError::Index("stream name is not UTF-8".into()))?,
             answer,
         })
+    }
+
+    /// The inverse of [`CommandRecord::encode`]; a value it did not write is an index error.
+    fn decode(v: &[u8]) -> Result<CommandRecord> {
+        let malformed = || LedgerError::Index("a command's index value is malformed".into());
+        if v.len() < 59 {
+            return Err(malformed());
+        }
+        let stream_len = usize::from(u16::from_be_bytes(v[56..58].try_into().expect("2")));
+        let stream_end = 58 + stream_len;
+        let (Some(stream), Some(&flag)) = (v.get(58..stream_end), v.get(stream_end)) else {
+            return Err(malformed());
+        };
+        let answer = match flag {
+            0 if v.len() == stream_end + 1 => None,
+            1 => Some(v[stream_end + 1..].to_vec()),
+            _ => return Err(malformed()),
+        };
+        Self::from_parts(v, stream, answer)
     }
 }
 

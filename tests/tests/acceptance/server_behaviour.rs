@@ -320,6 +320,112 @@ async fn command_answers_survive_losing_the_answers_cache() {
     server.stop().await;
 }
 
+/// The four command paths of `send_with_ids` without `x-command-id`, on other names.
+async fn send_without_ids(commands: &mut LicenseCommandsClient<Channel>) {
+    commands
+        .issue_license(request(issue("D2", "district", 5), None))
+        .await
+        .unwrap();
+    commands
+        .add_users_by_email(request(add("D2", "a@south.edu, b@south.edu"), None))
+        .await
+        .unwrap();
+    commands
+        .grant_domain_admin(request(
+            proto::DomainAdminRequest {
+                domain: "south.edu".into(),
+                email: "it@south.edu".into(),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    commands
+        .claim_domain(request(
+            proto::ClaimDomainRequest {
+                license: "D2".into(),
+                domain: "south.edu".into(),
+                dedicated: false,
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_command_ids_clients_send_are_remembered_by_the_ledger() {
+    // AUD-4 and issue 7: an id a client sent is indexed, so that its retry is recognised;
+    // an id the server made up (no `x-command-id`) is recorded with the events but not
+    // indexed, which spares the ledger a key and a lookup per command. Every append of
+    // every command path is probed straight on the ledger afterwards: an append under a
+    // remembered id with other events is refused as a reused id; under an unremembered one
+    // it is a new append.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Limits::default()).await;
+    let mut commands = server.commands().await;
+    send_with_ids(&mut commands).await;
+    send_without_ids(&mut commands).await;
+    server.stop().await;
+
+    use ledger::EventLog;
+    let log = ledger::EmbeddedLog::open(dir.path().join("log"), ledger::EmbeddedOptions::default())
+        .unwrap();
+    let mut recorded = Vec::new();
+    loop {
+        let page = log.read_all(recorded.len() as u64, 1_000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        recorded.extend(page);
+    }
+    let mut appends: Vec<(String, uuid::Uuid)> = recorded
+        .iter()
+        .map(|e| (e.stream.clone(), e.command_id))
+        .collect();
+    appends.dedup();
+    let probe = |stream: &str| ledger::NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "Probe".into(),
+        schema_version: 1,
+        recorded_at: start_time(),
+        actor: "probe@test".into(),
+        correlation_id: uuid::Uuid::nil(),
+        payload: stream.as_bytes().to_vec(),
+    };
+    let mut remembered = Vec::new();
+    for (stream, command_id) in &appends {
+        match log
+            .append(
+                stream,
+                ledger::ExpectedRevision::Any,
+                vec![probe(stream)],
+                *command_id,
+            )
+            .await
+        {
+            Err(ledger::LedgerError::CommandIdReused { .. }) => remembered.push(stream.as_str()),
+            Ok(_) => {}
+            Err(other) => panic!("probing {stream}: {other:?}"),
+        }
+    }
+    // With ids: IssueLicense, AddUsersByEmail, GrantDomainAdmin, and ClaimDomain's two
+    // appends (the domain's, then the license's). Without ids: nothing.
+    assert_eq!(
+        remembered,
+        [
+            "license-D1",
+            "license-D1",
+            "domain-north.edu",
+            "domain-north.edu",
+            "license-D1"
+        ],
+        "appends: {appends:?}"
+    );
+    assert_eq!(appends.len(), 10, "five appends with ids, five without");
+    log.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_projections_are_rebuilt_from_the_log() {
     // AUD-5: the log is the only truth; the read models can be deleted and come back.

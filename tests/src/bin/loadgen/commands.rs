@@ -20,6 +20,15 @@ const WARM_UP_MS: u64 = 1_000;
 /// Licenses issued at once while setting up.
 const ISSUE_CONCURRENCY: usize = 16;
 
+/// The email of a client's `sequence`-th new user: unique per client and sequence, spread
+/// over 97 school domains. Workload 2's peer and store append the same invites.
+pub fn workload_email(client_index: usize, sequence: u64) -> String {
+    format!(
+        "c{client_index}-u{sequence}@school{}.example.org",
+        sequence % 97
+    )
+}
+
 pub fn license_id(prefix: &str, index: usize) -> String {
     format!("{prefix}{index:06}")
 }
@@ -113,10 +122,7 @@ pub async fn run(flags: &Flags, binaries: &Binaries, report: &mut Report) -> Res
                 if now >= measure_until {
                     break;
                 }
-                let email = format!(
-                    "c{client_index}-u{sequence}@school{}.example.org",
-                    sequence % 97
-                );
+                let email = workload_email(client_index, sequence);
                 sequence += 1;
                 let sent = Instant::now();
                 let answer = client

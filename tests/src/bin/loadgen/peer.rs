@@ -51,6 +51,18 @@ const INSERT: &str = "INSERT INTO events (stream_id, version, event_id, event_ty
     schema_version, recorded_at, actor, command_id, correlation_id, payload) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// The event workload 1 appends for a client's `sequence`-th command: an invite of a new
+/// user (the admin is not a domain admin, INV-1).
+pub fn invite(client_index: usize, sequence: u64) -> Event {
+    InviteSent {
+        email: Email::parse(&crate::commands::workload_email(client_index, sequence))
+            .expect("a valid email"),
+        source: Source::Email,
+        role: Role::Student,
+    }
+    .into()
+}
+
 /// The script that starts a throwaway PostgreSQL cluster on loopback.
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -168,17 +180,8 @@ pub async fn run(flags: &Flags, report: &mut Report) -> Result<()> {
                 if Instant::now() >= measure_until {
                     break;
                 }
-                let email = format!(
-                    "c{client_index}-u{sequence}@school{}.example.org",
-                    sequence % 97
-                );
+                let event = invite(client_index, sequence);
                 sequence += 1;
-                let event: Event = InviteSent {
-                    email: Email::parse(&email).expect("a valid email"),
-                    source: Source::Email,
-                    role: Role::Student,
-                }
-                .into();
                 let payload = event.encode();
                 let stream_id = format!("license-W1L{stream:06}");
                 let command_id = uuid::Uuid::new_v4();

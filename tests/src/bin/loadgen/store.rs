@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use domain::events::{Event, InviteSent};
-use domain::{Email, Role, Source};
 use ledger::{EmbeddedLog, EmbeddedOptions, EventLog, ExpectedRevision, NewEvent};
 use uuid::Uuid;
 
@@ -65,17 +63,8 @@ async fn run_once(flags: &Flags, keyed: bool, report: &mut Report) -> Result<()>
             let mut sequence: u64 = 0;
             let mut stream = client_index % streams;
             while Instant::now() < measure_until {
-                let email = format!(
-                    "c{client_index}-u{sequence}@school{}.example.org",
-                    sequence % 97
-                );
+                let event = crate::peer::invite(client_index, sequence);
                 sequence += 1;
-                let event: Event = InviteSent {
-                    email: Email::parse(&email).expect("a valid email"),
-                    source: Source::Email,
-                    role: Role::Student,
-                }
-                .into();
                 let command_id = Uuid::new_v4();
                 let new_event = NewEvent {
                     event_id: Uuid::new_v4(),
