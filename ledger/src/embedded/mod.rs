@@ -150,20 +150,28 @@ impl EmbeddedLog {
         })
     }
 
-    /// Validates an append and hands it to the writer; answers once it is durable.
+    /// Validates an append and hands it to the writer; answers once it is durable. A keyed
+    /// append's id is remembered with the request's digest (computed only after the limits
+    /// were checked) and `answer`; an unkeyed one has no answer.
     async fn submit(
         &self,
         stream: &str,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
         command_id: Uuid,
-        key: CommandKey,
+        keyed: bool,
+        answer: Option<Vec<u8>>,
     ) -> Result<AppendResult> {
-        let answer = match &key {
-            CommandKey::Keyed { answer, .. } => answer.as_deref(),
-            CommandKey::Unkeyed => None,
+        assert!(keyed || answer.is_none(), "an answer needs a keyed append");
+        validate_append(stream, &events, answer.as_deref())?;
+        let key = if keyed {
+            CommandKey::Keyed {
+                digest: request_digest(stream, &events),
+                answer,
+            }
+        } else {
+            CommandKey::Unkeyed
         };
-        validate_append(stream, &events, answer)?;
         if let Some(e) = self.inner.shared.failure() {
             return Err(e);
         }
@@ -471,11 +479,8 @@ impl EventLog for EmbeddedLog {
         command_id: Uuid,
         answer: Option<Vec<u8>>,
     ) -> Result<AppendResult> {
-        let key = CommandKey::Keyed {
-            digest: request_digest(stream, &events),
-            answer,
-        };
-        self.submit(stream, expected, events, command_id, key).await
+        self.submit(stream, expected, events, command_id, true, answer)
+            .await
     }
 
     async fn append_unkeyed(
@@ -485,7 +490,7 @@ impl EventLog for EmbeddedLog {
         events: Vec<NewEvent>,
         command_id: Uuid,
     ) -> Result<AppendResult> {
-        self.submit(stream, expected, events, command_id, CommandKey::Unkeyed)
+        self.submit(stream, expected, events, command_id, false, None)
             .await
     }
 

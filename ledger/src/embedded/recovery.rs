@@ -131,18 +131,18 @@ pub(crate) fn recover(storage: &dyn Storage, index: &IndexStore) -> Result<Recov
         let first_e = &pending[0].0;
         let last_e = &pending[pending.len() - 1].0;
         let stream: std::sync::Arc<str> = std::sync::Arc::from(first_e.stream.as_str());
-        let digest = stored_digest(pending.iter().map(|(e, _)| e));
-        let rec = CommandRecord {
-            stream: first_e.stream.clone(),
-            digest,
-            result: AppendResult {
-                first_position: first_e.position,
-                last_position: last_e.position,
-                next_expected_revision: last_e.revision,
-            },
-            answer,
-        };
+        // An unkeyed append's id is not indexed, so its digest is not computed either.
         if flags & FLAG_UNKEYED == 0 {
+            let rec = CommandRecord {
+                stream: first_e.stream.clone(),
+                digest: stored_digest(pending.iter().map(|(e, _)| e)),
+                result: AppendResult {
+                    first_position: first_e.position,
+                    last_position: last_e.position,
+                    next_expected_revision: last_e.revision,
+                },
+                answer,
+            };
             batch.add_command(first_e.command_id, &rec);
         }
         for (index_in_append, (e, loc)) in pending.iter().enumerate() {
