@@ -570,13 +570,13 @@ impl IndexStore {
             let mut inserts = Vec::with_capacity(old.len());
             let mut removals = Vec::with_capacity(2 * old.len());
             for (key, value) in old {
-                let id = &key[1..];
+                let id = Uuid::from_slice(&key[1..]).map_err(|_| {
+                    LedgerError::Index("a format 1 command's index key is malformed".into())
+                })?;
                 let mut answer_key = vec![TAG_ANSWER_FORMAT_1];
-                answer_key.extend_from_slice(id);
+                answer_key.extend_from_slice(id.as_bytes());
                 let record = CommandRecord::decode_format_1(&value, self.get(&answer_key)?)?;
-                let mut new_key = vec![TAG_COMMAND];
-                new_key.extend_from_slice(id);
-                inserts.push((new_key, record.encode()));
+                inserts.push((key_command(id), record.encode()));
                 removals.push(key);
                 removals.push(answer_key);
                 converted += 1;
