@@ -49,7 +49,7 @@ pub const MEMBER_CACHE_BYTES_MAX: usize = 256 << 20;
 pub const MEMBER_CACHE_PENDING_CHANGES_MAX: usize = 100_000;
 /// sled's page cache (its default is 1 GiB). The projections are rebuilt from the log
 /// when lost, so the cache only trades query speed for memory.
-pub const SLED_CACHE_CAPACITY_BYTES: u64 = 64 << 20;
+pub const SLED_CACHE_CAPACITY_BYTES: u64 = 32 << 20;
 /// How often `open` retries a directory whose lock a just-dropped `Projections` still
 /// holds, and how long it waits between tries (two seconds in all).
 const OPEN_LOCK_ATTEMPTS_MAX: u32 = 200;
