@@ -48,7 +48,9 @@ pub const MEMBER_CACHE_BYTES_MAX: usize = 256 << 20;
 /// Member changes kept beside a cached member list before they are merged into it.
 pub const MEMBER_CACHE_PENDING_CHANGES_MAX: usize = 100_000;
 /// sled's page cache (its default is 1 GiB). The projections are rebuilt from the log
-/// when lost, so the cache only trades query speed for memory.
+/// when lost, so the cache only trades query speed for memory. sled's nodes take about
+/// three times this in memory; 32 MiB instead of 64 took about 70 MiB off the server's RSS
+/// during a 1,000,000-row import, at the same speed (BENCHMARKS.md, session 7).
 pub const SLED_CACHE_CAPACITY_BYTES: u64 = 32 << 20;
 /// How often `open` retries a directory whose lock a just-dropped `Projections` still
 /// holds, and how long it waits between tries (two seconds in all).
