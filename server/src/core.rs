@@ -257,7 +257,9 @@ impl<Hasher: std::hash::BuildHasher> MemberLicenses<Hasher> {
         };
         let hash = self.hash(email);
         if let Some(several) = self.of_several.get_mut(&hash) {
-            if let Some(index) = several.iter().position(|m| m.number == number) {
+            let found = several.iter().position(|m| m.number == number);
+            debug_assert!(found.is_some(), "a removal of a membership never counted");
+            if let Some(index) = found {
                 several[index].emails -= 1;
                 if several[index].emails == 0 {
                     several.swap_remove(index);
@@ -270,13 +272,14 @@ impl<Hasher: std::hash::BuildHasher> MemberLicenses<Hasher> {
             }
             return;
         }
-        if let Some(membership) = self.of_one.get_mut(&hash)
-            && membership.number == number
-        {
-            membership.emails -= 1;
-            if membership.emails == 0 {
-                self.of_one.remove(&hash);
+        match self.of_one.get_mut(&hash) {
+            Some(membership) if membership.number == number => {
+                membership.emails -= 1;
+                if membership.emails == 0 {
+                    self.of_one.remove(&hash);
+                }
             }
+            _ => debug_assert!(false, "a removal of a membership never counted"),
         }
     }
 
