@@ -1230,9 +1230,10 @@ impl LicenseState {
         };
         *self.counts.slot(member.status) -= 1;
         *self.counts.slot(status) += 1;
-        if let Some(ticket) = member.waitlist_ticket.take() {
-            self.waitlist.remove(&(ticket.get() - 1));
+        if let Some(ticket) = member.waitlist_ticket() {
+            self.waitlist.remove(&ticket);
         }
+        member.waitlist_ticket = None;
         member.status = status;
     }
 

@@ -600,14 +600,9 @@ impl Core {
             _ => (None, None),
         };
         // The member index counts memberships, so it is told when one begins or ends, which
-        // only the aggregate knows (an invite to someone already invited begins none).
-        let member_email = match event {
-            Event::UserAdded(e) => Some(&e.email),
-            Event::InviteSent(e) => Some(&e.email),
-            Event::UserWaitlisted(e) => Some(&e.email),
-            Event::UserRemoved(e) => Some(&e.email),
-            _ => None,
-        };
+        // only the aggregate knows (an invite to someone already invited begins none, an
+        // accepted invite neither begins nor ends one).
+        let member_email = event.member_email();
         let is_member = |aggregate: &License, email: &Email| {
             aggregate
                 .state()
