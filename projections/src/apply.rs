@@ -118,8 +118,6 @@ pub(crate) struct BatchApplier {
     licenses: HashMap<String, Option<LicenseRecord>>,
     /// Members touched by the fold, by their member key.
     members: FxHashMap<Vec<u8>, MemberEntry>,
-    /// The last history block of each license the batch touched.
-    license_history: HashMap<String, HistoryBlock>,
     /// Member changes for the in-memory member lists; not kept when nobody queries the
     /// generation yet (a rebuild), where they would only cost memory.
     changes: Option<Vec<MembershipChange>>,
@@ -167,18 +165,15 @@ const FOLD_ENTRY_OVERHEAD_BYTES: usize = 96;
 /// Estimated bytes of one decoded member record (the actor's email and the OU path are
 /// usually short).
 const FOLD_MEMBER_RECORD_BYTES: usize = 160;
-/// Estimated bytes of one decoded license record.
-const FOLD_LICENSE_RECORD_BYTES: usize = 1_024;
+/// Estimated bytes of one decoded license record: its fields and its open history block
+/// (up to `HISTORY_BLOCK_POSITIONS_MAX` positions of eight bytes).
+const FOLD_LICENSE_RECORD_BYTES: usize = 1_024 + HISTORY_BLOCK_POSITIONS_MAX * 8;
 
-/// One block of a license's history: up to `HISTORY_BLOCK_POSITIONS_MAX` positions under
-/// the key of its first one. Blocks fill in log order whatever the batch boundaries, so
-/// live and rebuilt projections hold the same blocks (AUD-5).
-struct HistoryBlock {
-    positions: Vec<u64>,
-    /// Whether this batch appended to it (a full block read back is not written again).
-    changed: bool,
-}
-
+/// a license's history is packed in blocks of up to `HISTORY_BLOCK_POSITIONS_MAX`
+/// positions, each under the key of its first one; the last block, not full yet, lives in
+/// the license record (`LicenseRecord::history_open`). Blocks fill in log order whatever
+/// the batch boundaries, so live and rebuilt projections hold the same blocks (AUD-5).
+///
 /// Reads a stored history block, asserting what every writer guarantees.
 pub(crate) fn decode_history_block(
     key_first: &[u8],
@@ -218,7 +213,6 @@ impl BatchApplier {
             writes: FxHashMap::default(),
             licenses: HashMap::new(),
             members: FxHashMap::default(),
-            license_history: HashMap::new(),
             changes: track_changes.then(Vec::new),
             events: 0,
             held_bytes: 0,
@@ -322,82 +316,34 @@ impl BatchApplier {
         }
     }
 
-    /// appends a position to the license's last history block, or starts a block.
-    fn record_license_history(
-        &mut self,
-        license: &str,
-        position: u64,
-    ) -> Result<(), ProjectionError> {
-        if !self.license_history.contains_key(license) {
-            let history_scope = scope(PREFIX_HISTORY_LICENSE, license.as_bytes());
-            let last = match self.tree.scan_prefix(&history_scope).next_back() {
-                Some(item) => {
-                    let (key, value) = item?;
-                    decode_history_block(&key[history_scope.len()..], &value)?
-                }
-                None => Vec::new(),
-            };
-            self.license_history.insert(
-                license.to_owned(),
-                HistoryBlock {
-                    positions: last,
-                    changed: false,
-                },
-            );
-        }
-        let block = self
-            .license_history
-            .get_mut(license)
-            .expect("inserted above");
-        if block.positions.len() >= HISTORY_BLOCK_POSITIONS_MAX {
-            let full = std::mem::replace(
-                block,
-                HistoryBlock {
-                    positions: Vec::new(),
-                    changed: false,
-                },
-            );
-            self.write_history_block(license, full);
-        }
-        let block = self
-            .license_history
-            .get_mut(license)
-            .expect("inserted above");
+    /// appends a position to the license's open history block; a full block first
+    /// moves to its own key.
+    fn record_license_history(&mut self, license: &str, record: &mut LicenseRecord, position: u64) {
         assert!(
-            block.positions.last().is_none_or(|last| *last < position),
+            record
+                .history_open
+                .last()
+                .is_none_or(|last| *last < position),
             "history position {position} after {:?}",
-            block.positions.last()
+            record.history_open.last()
         );
-        block.positions.push(position);
-        block.changed = true;
-        self.held_bytes += std::mem::size_of::<u64>();
-        Ok(())
-    }
-
-    fn write_history_block(&mut self, license: &str, block: HistoryBlock) {
-        if !block.changed {
-            return;
+        if record.history_open.len() >= HISTORY_BLOCK_POSITIONS_MAX {
+            let full = std::mem::take(&mut record.history_open);
+            let first = full[0];
+            let value: Vec<u8> = full
+                .iter()
+                .flat_map(|position| position.to_be_bytes())
+                .collect();
+            self.put(
+                positioned(PREFIX_HISTORY_LICENSE, license.as_bytes(), first),
+                value,
+            );
         }
-        let first = *block
-            .positions
-            .first()
-            .expect("a changed block holds a position");
-        let value: Vec<u8> = block
-            .positions
-            .iter()
-            .flat_map(|position| position.to_be_bytes())
-            .collect();
-        self.put(
-            positioned(PREFIX_HISTORY_LICENSE, license.as_bytes(), first),
-            value,
-        );
+        record.history_open.push(position);
     }
 
     /// Every record the fold changed, in key order, and the membership changes.
     fn into_writes(mut self) -> (Writes, Option<Vec<MembershipChange>>) {
-        for (license, block) in std::mem::take(&mut self.license_history) {
-            self.write_history_block(&license, block);
-        }
         for (id, record) in std::mem::take(&mut self.licenses) {
             let key = single(PREFIX_LICENSE, id.as_bytes());
             if let Some(record) = record {
@@ -498,7 +444,6 @@ impl BatchApplier {
         projected: &ProjectedEvent,
     ) -> Result<(), ProjectionError> {
         let id_bytes = id.as_str().as_bytes();
-        self.record_license_history(id.as_str(), projected.position)?;
         self.record_user_history(projected);
         let at = projected.recorded_at;
         if let Event::LicenseIssued(issued) = &projected.event {
@@ -514,7 +459,7 @@ impl BatchApplier {
                     id_bytes.to_vec(),
                 );
             }
-            let record = LicenseRecord {
+            let mut record = LicenseRecord {
                 license_type: issued.license_type,
                 seats: issued.seats,
                 valid_from: issued.valid_from,
@@ -531,7 +476,10 @@ impl BatchApplier {
                 counts: StatusCounts::default(),
                 issued_at: at,
                 usage_last_day: None,
+                usage_open: None,
+                history_open: Vec::new(),
             };
+            self.record_license_history(id.as_str(), &mut record, projected.position);
             self.licenses.insert(id.as_str().to_owned(), Some(record));
             return Ok(());
         }
@@ -547,6 +495,7 @@ impl BatchApplier {
             self.licenses.insert(id.as_str().to_owned(), None);
             return Ok(());
         };
+        self.record_license_history(id.as_str(), &mut license, projected.position);
         let context = MemberContext {
             license: id.as_str(),
             at,
@@ -755,7 +704,7 @@ impl BatchApplier {
                 before.as_ref(),
                 after.as_ref(),
                 holds_after,
-            )?;
+            );
         }
         if let Some(changes) = &mut self.changes
             && cached_columns_differ(before.as_ref(), after.as_ref())
@@ -786,16 +735,27 @@ impl BatchApplier {
         before: Option<&MemberRecord>,
         after: Option<&MemberRecord>,
         added: bool,
-    ) -> Result<(), ProjectionError> {
+    ) {
         // A clock that steps back between appends must not rewrite an earlier day, whose
         // end-of-day count later days already build on.
         let day = day_of(context.at).max(license.usage_last_day.unwrap_or(i64::MIN));
-        license.usage_last_day = Some(day);
-        let key = pair(PREFIX_USAGE, context.license.as_bytes(), &day_bytes(day));
-        let mut usage: UsageRecord = match self.raw(&key)? {
-            Some(bytes) => decode("usage record", &bytes)?,
-            None => UsageRecord::default(),
-        };
+        if license.usage_last_day != Some(day) {
+            // A later day starts: the open day is complete and moves to its own key.
+            if let (Some(last_day), Some(usage)) =
+                (license.usage_last_day, license.usage_open.take())
+            {
+                self.put(
+                    pair(
+                        PREFIX_USAGE,
+                        context.license.as_bytes(),
+                        &day_bytes(last_day),
+                    ),
+                    encode(&usage),
+                );
+            }
+            license.usage_last_day = Some(day);
+        }
+        let usage = license.usage_open.get_or_insert_with(UsageRecord::default);
         if added {
             let member = after.expect("a member who came to hold a seat exists after");
             UsageRecord::count(&mut usage.added, member.source);
@@ -804,8 +764,6 @@ impl BatchApplier {
             UsageRecord::count(&mut usage.removed, member.source);
         }
         usage.users_count = license.counts.users_count();
-        self.put(key, encode(&usage));
-        Ok(())
     }
 }
 

@@ -29,8 +29,9 @@ pub use records::StatusCounts;
 /// The version of the key layout and record encodings. Changing it makes `open` report
 /// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
 /// Version 3 dropped the sled sort index (prefix `03`): sorted and filtered pages are
-/// chosen from the in-memory member lists (`cache`).
-pub const PROJECTION_SCHEMA_VERSION: u32 = 3;
+/// chosen from the in-memory member lists (`cache`). Version 4 keeps a license's open usage
+/// day and open history block in its license record instead of under their own keys.
+pub const PROJECTION_SCHEMA_VERSION: u32 = 4;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch,
 /// and above all sled's: sled keeps every node version a batch replaces until the batch
 /// ends, so the peak RSS grows with the batch (measured: 10,000 UserAdded events peaked

@@ -585,6 +585,11 @@ impl Projections {
     ) -> Result<Vec<u64>, ProjectionError> {
         check_history_limit(limit)?;
         let generation = self.generation();
+        // The license record first, then the full blocks: a block that fills meanwhile is
+        // then found among the full blocks too, and read from there (below).
+        let open_block = license_record(&generation, license)?
+            .map(|record| record.history_open)
+            .unwrap_or_default();
         let history_scope = scope(PREFIX_HISTORY_LICENSE, license.as_str().as_bytes());
         let upper = prefix_end(&history_scope).expect("a scope ends in zero");
         // The first block to read is the last one starting at or before `after` (it may
@@ -606,16 +611,24 @@ impl Projections {
             None => history_scope.clone(),
         };
         let mut positions = Vec::new();
-        for item in generation.tree.range(start..upper) {
-            let (key, value) = item?;
-            let block = decode_history_block(&key[history_scope.len()..], &value)?;
+        let mut open_block_stored = false;
+        let take_fresh = |positions: &mut Vec<u64>, block: Vec<u64>| {
             let fresh = block
                 .into_iter()
                 .filter(|position| after.is_none_or(|after| *position > after));
             positions.extend(fresh.take(limit - positions.len()));
+        };
+        for item in generation.tree.range(start..upper) {
+            let (key, value) = item?;
+            let block = decode_history_block(&key[history_scope.len()..], &value)?;
+            open_block_stored |= open_block.first() == block.first();
+            take_fresh(&mut positions, block);
             if positions.len() == limit {
-                break;
+                return Ok(positions);
             }
+        }
+        if !open_block_stored {
+            take_fresh(&mut positions, open_block);
         }
         Ok(positions)
     }
@@ -670,9 +683,12 @@ impl Projections {
             return Err(ProjectionError::EmptyRange);
         }
         let generation = self.generation();
-        if license_record(&generation, license)?.is_none() {
+        // The license record first, then the closed days: a day that closes meanwhile is
+        // then found among the closed days too, and read from there (below).
+        let Some(record) = license_record(&generation, license)? else {
             return Err(ProjectionError::LicenseNotFound);
-        }
+        };
+        let open_day = record.usage_last_day.zip(record.usage_open);
         let width = bucket.days();
         let first_day = day_of(from);
         let start_day = match bucket {
@@ -697,13 +713,32 @@ impl Projections {
             id,
             &day_bytes(start_day + width * buckets as i64),
         );
-        let mut running = match generation
+        let closed_before = match generation
             .tree
             .range(usage_scope.clone()..first_key.clone())
             .next_back()
         {
-            Some(item) => decode::<UsageRecord>("usage record", &item?.1)?.users_count,
-            None => 0,
+            Some(item) => {
+                let (key, value) = item?;
+                let day = day_from_bytes(&key[usage_scope.len()..])
+                    .ok_or_else(|| corrupt("usage key"))?;
+                Some((day, decode::<UsageRecord>("usage record", &value)?))
+            }
+            None => None,
+        };
+        // The latest record before the first bucket: the open day if it is that early and
+        // not closed meanwhile, else the latest closed one.
+        let open_before = open_day
+            .as_ref()
+            .filter(|(day, _)| *day < start_day)
+            .filter(|(day, _)| {
+                closed_before
+                    .as_ref()
+                    .is_none_or(|(closed, _)| closed < day)
+            });
+        let mut running = match (open_before, &closed_before) {
+            (Some((_, record)), _) | (None, Some((_, record))) => record.users_count,
+            (None, None) => 0,
         };
         let mut result: Vec<UsageBucket> = (0..buckets as i64)
             .map(|index| {
@@ -718,13 +753,23 @@ impl Projections {
             })
             .collect();
         let mut last_count: Vec<Option<u64>> = vec![None; buckets];
+        let range_end_day = start_day + width * buckets as i64;
+        let mut days = Vec::new();
         for item in generation.tree.range(first_key..end_key) {
             let (key, value) = item?;
             let day =
                 day_from_bytes(&key[usage_scope.len()..]).ok_or_else(|| corrupt("usage key"))?;
+            days.push((day, decode::<UsageRecord>("usage record", &value)?));
+        }
+        if let Some((day, record)) = open_day
+            && (start_day..range_end_day).contains(&day)
+            && days.last().is_none_or(|(closed, _)| *closed < day)
+        {
+            days.push((day, record));
+        }
+        for (day, record) in days {
             let index =
                 usize::try_from((day - start_day) / width).map_err(|_| corrupt("usage key"))?;
-            let record: UsageRecord = decode("usage record", &value)?;
             let target = &mut result[index];
             for (source, count) in Source::ALL.iter().zip(&record.added) {
                 if *count > 0 {

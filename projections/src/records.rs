@@ -55,9 +55,19 @@ pub(crate) struct LicenseRecord {
     pub ou_sync_held: bool,
     pub counts: StatusCounts,
     pub issued_at: DateTime<Utc>,
-    /// The latest day a usage record was written for, so that a clock that steps back
-    /// between two appends never rewrites an earlier day (see docs/projections.md).
+    /// The latest day usage was counted for, so that a clock that steps back between two
+    /// appends never rewrites an earlier day (see docs/projections.md).
     pub usage_last_day: Option<i64>,
+    /// the usage of `usage_last_day`. It lives here, in the record every batch of the
+    /// license writes anyway, until a later day starts; then it moves to its own usage key.
+    /// That saves a sled write and a read per batch (schema 4, BENCHMARKS.md session 8).
+    #[serde(default)]
+    pub usage_open: Option<UsageRecord>,
+    /// the license's last history block, which is not full yet (fewer than
+    /// `HISTORY_BLOCK_POSITIONS_MAX` positions). Once full it moves to its own key, for the
+    /// same reason as `usage_open`.
+    #[serde(default)]
+    pub history_open: Vec<u64>,
 }
 
 /// One member of one license (SPEC §1).

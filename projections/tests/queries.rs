@@ -798,6 +798,26 @@ fn usage_by_day_and_by_monday_week() {
     assert_eq!(weeks[0].added.get(&Source::Email), Some(&3));
     assert_eq!(weeks[1].users_count, 3);
     assert_eq!(weeks[1].added.get(&Source::Key), Some(&3));
+    // a range after the last change carries the count of the latest day before it,
+    // which is the license's open day (kept in its record, not yet under its own key).
+    world.now = time("2026-09-09T12:00:00Z");
+    world.remove("L1", &["d@x.org"]);
+    let (_later_directory, later_projections) = projections_of(&world);
+    let later = later_projections
+        .usage(
+            &license_id("L1"),
+            time("2026-09-10T00:00:00Z"),
+            time("2026-09-12T00:00:00Z"),
+            Bucket::Day,
+        )
+        .unwrap();
+    let counts: Vec<u64> = later.iter().map(|day| day.users_count).collect();
+    assert_eq!(counts, [2, 2]);
+    assert!(
+        later
+            .iter()
+            .all(|day| day.added.is_empty() && day.removed.is_empty())
+    );
     assert!(matches!(
         projections.usage(&license_id("L1"), world.now, world.now, Bucket::Day),
         Err(ProjectionError::EmptyRange)
