@@ -15,7 +15,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::keys::{self, *};
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode, encode};
-use crate::{HISTORY_BLOCK_POSITIONS_MAX, ProjectedEvent, ProjectionError};
+use crate::{
+    HISTORY_BLOCK_POSITIONS_MAX, MEMBER_HISTORY_POSITIONS_MAX, ProjectedEvent, ProjectionError,
+};
 
 /// The stream an event belongs to, parsed from its name.
 pub(crate) enum StreamName {
@@ -389,12 +391,15 @@ impl BatchApplier {
 
     fn record_user_history(&mut self, projected: &ProjectedEvent) {
         if let Some(email) = projected.event.member_email() {
+            self.write_user_positions(email, &[projected.position]);
+        }
+    }
+
+    /// one key per position under the user's history.
+    fn write_user_positions(&mut self, email: &Email, positions: &[u64]) {
+        for position in positions {
             self.put(
-                positioned(
-                    PREFIX_HISTORY_USER,
-                    email.as_str().as_bytes(),
-                    projected.position,
-                ),
+                positioned(PREFIX_HISTORY_USER, email.as_str().as_bytes(), *position),
                 Vec::new(),
             );
         }
@@ -444,7 +449,12 @@ impl BatchApplier {
         projected: &ProjectedEvent,
     ) -> Result<(), ProjectionError> {
         let id_bytes = id.as_str().as_bytes();
-        self.record_user_history(projected);
+        // A membership event's position goes to the user's history through the member
+        // record (`set_member`); any other event about a user goes there directly.
+        let membership = is_membership_event(&projected.event);
+        if !membership {
+            self.record_user_history(projected);
+        }
         let at = projected.recorded_at;
         if let Event::LicenseIssued(issued) = &projected.event {
             let existing = self.take_license(id.as_str())?;
@@ -493,11 +503,15 @@ impl BatchApplier {
                 projected.event.type_name()
             );
             self.licenses.insert(id.as_str().to_owned(), None);
+            if membership {
+                self.record_user_history(projected);
+            }
             return Ok(());
         };
         self.record_license_history(id.as_str(), &mut license, projected.position);
         let context = MemberContext {
             license: id.as_str(),
+            position: projected.position,
             at,
             actor: &projected.actor,
         };
@@ -620,6 +634,7 @@ impl BatchApplier {
             added_by: context.actor.clone(),
             updated_at: context.at,
             ou_path,
+            history: Vec::new(),
         };
         self.set_member(license, context, email, Some(member))
     }
@@ -634,6 +649,7 @@ impl BatchApplier {
     ) -> Result<(), ProjectionError> {
         let Some(mut member) = self.member(context.license, email.as_str())? else {
             debug_assert!(false, "status change for a non-member");
+            self.write_user_positions(email, &[context.position]);
             return Ok(());
         };
         member.status = status;
@@ -650,19 +666,20 @@ impl BatchApplier {
         let existing = self.member(context.license, email.as_str())?;
         debug_assert!(existing.is_some(), "removal of a non-member");
         if existing.is_none() {
+            self.write_user_positions(email, &[context.position]);
             return Ok(());
         }
         self.set_member(license, context, email, None)
     }
 
-    /// The one place a member changes: counts, the user's licenses, usage and the in-memory
-    /// member lists all follow from the before and after records.
+    /// The one place a member changes: counts, the user's licenses, usage, the user's
+    /// history and the in-memory member lists all follow from the before and after records.
     fn set_member(
         &mut self,
         license: &mut LicenseRecord,
         context: &MemberContext<'_>,
         email: &Email,
-        after: Option<MemberRecord>,
+        mut after: Option<MemberRecord>,
     ) -> Result<(), ProjectionError> {
         let id = context.license;
         let member_key = pair(PREFIX_MEMBER, id.as_bytes(), email.as_str().as_bytes());
@@ -676,6 +693,23 @@ impl BatchApplier {
             .members
             .remove(&member_key)
             .expect("member_entry put it in the map");
+        // the membership's positions carry over to the new record with this event's;
+        // they move under the user's history keys when the membership ends or when the
+        // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
+        let mut history = before
+            .as_ref()
+            .map(|member| member.history.clone())
+            .unwrap_or_default();
+        if history.len() >= MEMBER_HISTORY_POSITIONS_MAX {
+            self.write_user_positions(email, &history);
+            history.clear();
+        }
+        debug_assert!(history.last().is_none_or(|last| *last < context.position));
+        history.push(context.position);
+        match &mut after {
+            Some(member) => member.history = history,
+            None => self.write_user_positions(email, &history),
+        }
         if let Some(old) = &before {
             *license.counts.slot(old.status) -= 1;
         }
@@ -767,8 +801,25 @@ impl BatchApplier {
     }
 }
 
+/// UserAdded, InviteSent, UserWaitlisted, InviteAccepted, UserPromoted, InviteRejected,
+/// UserRemoved: the events that start, change or end a membership (`set_member`).
+fn is_membership_event(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::UserAdded(_)
+            | Event::InviteSent(_)
+            | Event::UserWaitlisted(_)
+            | Event::InviteAccepted(_)
+            | Event::UserPromoted(_)
+            | Event::InviteRejected(_)
+            | Event::UserRemoved(_)
+    )
+}
+
 struct MemberContext<'a> {
     license: &'a str,
+    /// The event's log position.
+    position: u64,
     at: DateTime<Utc>,
     actor: &'a Actor,
 }

@@ -30,7 +30,8 @@ pub use records::StatusCounts;
 /// `needs_rebuild`, and the projector rebuilds a fresh generation from the log.
 /// Version 3 dropped the sled sort index (prefix `03`): sorted and filtered pages are
 /// chosen from the in-memory member lists (`cache`). Version 4 keeps a license's open usage
-/// day and open history block in its license record instead of under their own keys.
+/// day and open history block in its license record, and a membership's latest positions
+/// of the user's history in its member record, instead of under their own keys.
 pub const PROJECTION_SCHEMA_VERSION: u32 = 4;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch,
 /// and above all sled's: sled keeps every node version a batch replaces until the batch
@@ -62,6 +63,9 @@ pub const USAGE_BUCKETS_MAX: usize = 1_000;
 /// the most positions one block of a license's history holds (4 KiB of positions):
 /// a license's history costs one sled key per this many events instead of one per event.
 pub const HISTORY_BLOCK_POSITIONS_MAX: usize = 512;
+/// the most positions of a user's history one member record holds before they move
+/// under the user's history keys (one key per position).
+pub const MEMBER_HISTORY_POSITIONS_MAX: usize = 16;
 /// the most positions one history page holds.
 pub const HISTORY_PAGE_SIZE_MAX: usize = 10_000;
 /// the most licenses or domains listed for one user.

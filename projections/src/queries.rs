@@ -634,41 +634,77 @@ impl Projections {
     }
 
     /// positions of the events about a user (`Event::member_email`), oldest first.
+    /// They are under the user's history keys, except the latest ones of each current
+    /// membership, which its member record holds (`MemberRecord::history`).
     pub fn user_history(
         &self,
         email: &Email,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<u64>, ProjectionError> {
-        self.history(PREFIX_HISTORY_USER, email.as_str(), after, limit)
-    }
-
-    fn history(
-        &self,
-        prefix: u8,
-        subject: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<u64>, ProjectionError> {
         check_history_limit(limit)?;
         let generation = self.generation();
-        let subject_scope = scope(prefix, subject.as_bytes());
-        let lower = match after {
-            Some(position) => Bound::Excluded(positioned(prefix, subject.as_bytes(), position)),
-            None => Bound::Included(subject_scope.clone()),
-        };
-        let upper = Bound::Excluded(prefix_end(&subject_scope).expect("a scope ends in zero"));
+        // The member records first, then the keys: positions that move from a record to
+        // the keys meanwhile are then read twice and deduplicated, never missed.
+        // Every membership, not only the first `USER_LISTING_ROWS_MAX` that Q-3 lists: an
+        // auditor's history must be whole, and it costs one read per membership.
         let mut positions = Vec::new();
-        for item in generation.tree.range((lower, upper)).take(limit) {
-            let (key, _) = item?;
-            let bytes: [u8; 8] = key[subject_scope.len()..]
-                .try_into()
-                .map_err(|_| corrupt("history key"))?;
-            positions.push(u64::from_be_bytes(bytes));
+        let user_scope = scope(PREFIX_USER_LICENSE, email.as_str().as_bytes());
+        for item in generation.tree.scan_prefix(&user_scope) {
+            let (user_license, _) = item?;
+            let license = &user_license[user_scope.len()..];
+            let key = pair(PREFIX_MEMBER, license, email.as_str().as_bytes());
+            if let Some(bytes) = generation.tree.get(key)? {
+                let member: MemberRecord = decode("member record", &bytes)?;
+                positions.extend(
+                    member
+                        .history
+                        .into_iter()
+                        .filter(|position| after.is_none_or(|after| *position > after)),
+                );
+            }
         }
+        positions.extend(history_after(
+            &generation,
+            PREFIX_HISTORY_USER,
+            email.as_str(),
+            after,
+            limit,
+        )?);
+        positions.sort_unstable();
+        positions.dedup();
+        positions.truncate(limit);
         Ok(positions)
     }
+}
 
+/// The first `limit` positions after `after` under the per-position history keys of
+/// `subject`.
+fn history_after(
+    generation: &Generation,
+    prefix: u8,
+    subject: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, ProjectionError> {
+    let subject_scope = scope(prefix, subject.as_bytes());
+    let lower = match after {
+        Some(position) => Bound::Excluded(positioned(prefix, subject.as_bytes(), position)),
+        None => Bound::Included(subject_scope.clone()),
+    };
+    let upper = Bound::Excluded(prefix_end(&subject_scope).expect("a scope ends in zero"));
+    let mut positions = Vec::new();
+    for item in generation.tree.range((lower, upper)).take(limit) {
+        let (key, _) = item?;
+        let bytes: [u8; 8] = key[subject_scope.len()..]
+            .try_into()
+            .map_err(|_| corrupt("history key"))?;
+        positions.push(u64::from_be_bytes(bytes));
+    }
+    Ok(positions)
+}
+
+impl Projections {
     /// usage of a license in buckets covering `[from, to)`, aligned at 00:00 UTC (weeks
     /// on Monday): the first bucket is the one holding `from`, the last the one holding
     /// the last instant before `to`.

@@ -80,6 +80,12 @@ pub(crate) struct MemberRecord {
     pub added_by: Actor,
     pub updated_at: DateTime<Utc>,
     pub ou_path: Option<OuPath>,
+    /// positions of this membership's latest events, oldest first, that are not yet
+    /// under the user's history keys. They move there when the membership ends or when
+    /// `MEMBER_HISTORY_POSITIONS_MAX` of them gather, so that an event of a member costs
+    /// no sled write of its own for the user's history (schema 4).
+    #[serde(default)]
+    pub history: Vec<u64>,
 }
 
 /// One day of one license's usage. Only days on which someone came to hold or

@@ -674,6 +674,80 @@ fn history_indexes_hold_positions_by_license_and_by_user() {
 }
 
 #[test]
+fn user_history_is_whole_across_memberships_that_hold_and_move_positions() {
+    // Q-6, AUD-5: a membership's latest positions live in its member record and move under
+    // the user's history keys when the membership ends or holds
+    // MEMBER_HISTORY_POSITIONS_MAX of them; the user's history is the same whatever the
+    // batches, and pages after any position.
+    let mut world = World::new();
+    world.issue("L1", LicenseType::District, 100, 1);
+    world.issue("L2", LicenseType::School, 100, 3);
+    let user = "u@x.org";
+    let admin = || Actor::User(staff_admin());
+    // Invite and reject cycles on L1 (INV-2, INV-4) until the record has moved its
+    // positions more than once, with another user's events in between.
+    let cycles = projections::MEMBER_HISTORY_POSITIONS_MAX + 3;
+    for cycle in 0..cycles {
+        world.add("L1", admin(), &[user]);
+        world.add("L1", admin(), &[&format!("other{cycle}@x.org")]);
+        assert!(world.run("L1", Actor::User(email(user)), LicenseCommand::RejectInvite));
+    }
+    world.add("L1", admin(), &[user]);
+    assert!(world.run("L1", Actor::User(email(user)), LicenseCommand::AcceptInvite));
+    // A membership on another license, a domain admin grant, the end of the first
+    // membership and the start of a new one.
+    world.add("L2", Actor::Staff, &[user]);
+    let granted = DomainAdminGranted {
+        domain: DomainName::parse("north.edu").unwrap(),
+        email: email(user),
+    };
+    world.record(
+        "domain-north.edu",
+        &Actor::Staff,
+        vec![Event::from(granted)],
+    );
+    world.remove("L1", &[user]);
+    world.add("L1", admin(), &[user]);
+    let expected: Vec<u64> = world
+        .events
+        .iter()
+        .filter(|event| event.event.member_email() == Some(&email(user)))
+        .map(|event| event.position)
+        .collect();
+    assert!(expected.len() > 2 * projections::MEMBER_HISTORY_POSITIONS_MAX);
+    let whole = tempfile::tempdir().unwrap();
+    let at_once = Projections::open(whole.path()).unwrap();
+    for batch in world.events.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
+        at_once.apply_batch(batch).unwrap();
+    }
+    let pieces = tempfile::tempdir().unwrap();
+    let in_pieces = Projections::open(pieces.path()).unwrap();
+    for batch in world.events.chunks(3) {
+        in_pieces.apply_batch(batch).unwrap();
+    }
+    assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
+    for store in [&at_once, &in_pieces] {
+        assert_eq!(
+            store.user_history(&email(user), None, 10_000).unwrap(),
+            expected
+        );
+        for after in std::iter::once(0).chain(expected.iter().copied()) {
+            let page: Vec<u64> = expected
+                .iter()
+                .copied()
+                .filter(|position| *position > after)
+                .take(5)
+                .collect();
+            assert_eq!(
+                store.user_history(&email(user), Some(after), 5).unwrap(),
+                page,
+                "after {after}"
+            );
+        }
+    }
+}
+
+#[test]
 fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
     // Q-6, AUD-5: a license's positions are packed in blocks of HISTORY_BLOCK_POSITIONS_MAX;
     // pages after any position cross block boundaries, and batch sizes change nothing.
