@@ -165,15 +165,15 @@ struct MemberEntry {
 /// (allocation headers, map nodes, `Vec` headers). Only a chunk budget reads it.
 const FOLD_ENTRY_OVERHEAD_BYTES: usize = 96;
 /// Estimated bytes of one decoded member record (the actor's email and the OU path are
-/// usually short).
-const FOLD_MEMBER_RECORD_BYTES: usize = 160;
+/// usually short, and its history holds a position or two; a full one adds about 100).
+const FOLD_MEMBER_RECORD_BYTES: usize = 192;
 /// Estimated bytes of one decoded license record: its fields and its open history block
 /// (up to `HISTORY_BLOCK_POSITIONS_MAX` positions of eight bytes).
 const FOLD_LICENSE_RECORD_BYTES: usize = 1_024 + HISTORY_BLOCK_POSITIONS_MAX * 8;
 
 /// a license's history is packed in blocks of up to `HISTORY_BLOCK_POSITIONS_MAX`
-/// positions, each under the key of its first one; the last block, not full yet, lives in
-/// the license record (`LicenseRecord::history_open`). Blocks fill in log order whatever
+/// positions, each under the key of its first one; the last block lives in the license
+/// record (`LicenseRecord::history_open`) until the position after it comes. Blocks fill in log order whatever
 /// the batch boundaries, so live and rebuilt projections hold the same blocks (AUD-5).
 ///
 /// Reads a stored history block, asserting what every writer guarantees.
@@ -459,6 +459,12 @@ impl BatchApplier {
         if let Event::LicenseIssued(issued) = &projected.event {
             let existing = self.take_license(id.as_str())?;
             debug_assert!(existing.is_none(), "LicenseIssued twice for {id}");
+            // A second LicenseIssued (a bug upstream) replaces the license, but the history
+            // and usage it had stay where the queries find them.
+            let (usage_last_day, usage_open, history_open) = existing
+                .map_or((None, None, Vec::new()), |old| {
+                    (old.usage_last_day, old.usage_open, old.history_open)
+                });
             self.put(
                 single(PREFIX_KEY_HASH, &secret_hash(&issued.key)),
                 id_bytes.to_vec(),
@@ -485,9 +491,9 @@ impl BatchApplier {
                 ou_sync_held: false,
                 counts: StatusCounts::default(),
                 issued_at: at,
-                usage_last_day: None,
-                usage_open: None,
-                history_open: Vec::new(),
+                usage_last_day,
+                usage_open,
+                history_open,
             };
             self.record_license_history(id.as_str(), &mut record, projected.position);
             self.licenses.insert(id.as_str().to_owned(), Some(record));
@@ -506,6 +512,12 @@ impl BatchApplier {
             if membership {
                 self.record_user_history(projected);
             }
+            // With no record to hold it, the position is a block of its own: every event
+            // of the stream stays in the license's history.
+            self.put(
+                positioned(PREFIX_HISTORY_LICENSE, id_bytes, projected.position),
+                projected.position.to_be_bytes().to_vec(),
+            );
             return Ok(());
         };
         self.record_license_history(id.as_str(), &mut license, projected.position);

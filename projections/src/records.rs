@@ -63,9 +63,9 @@ pub(crate) struct LicenseRecord {
     /// That saves a sled write and a read per batch (schema 4, BENCHMARKS.md session 8).
     #[serde(default)]
     pub usage_open: Option<UsageRecord>,
-    /// the license's last history block, which is not full yet (fewer than
-    /// `HISTORY_BLOCK_POSITIONS_MAX` positions). Once full it moves to its own key, for the
-    /// same reason as `usage_open`.
+    /// the license's last history block, 1 to `HISTORY_BLOCK_POSITIONS_MAX` positions.
+    /// A full block moves to its own key when the next position comes, for the same reason
+    /// as `usage_open`.
     #[serde(default)]
     pub history_open: Vec<u64>,
 }

@@ -10,8 +10,8 @@ use domain::events::{DomainAdminGranted, DomainAdminRevoked, DomainClaimed, Even
 use domain::query::EmailPattern;
 use domain::{Actor, DomainName, LicenseCommand, LicenseType, Role, Source, Status};
 use projections::{
-    Bucket, LIST_USERS_PAGE_SIZE_MAX, ListUsersRequest, ProjectionError, Projections,
-    RebuildBudget, SortColumn,
+    Bucket, LIST_USERS_PAGE_SIZE_MAX, ListUsersRequest, ProjectedEvent, ProjectionError,
+    Projections, RebuildBudget, SortColumn,
 };
 use support::*;
 
@@ -673,6 +673,28 @@ fn history_indexes_hold_positions_by_license_and_by_user() {
     );
 }
 
+/// A store whose generation was rebuilt from `events` (fed in batches of 5) in chunks of at
+/// most `chunk_events_max` events, and swapped in.
+fn rebuilt_in_chunks(
+    events: &[ProjectedEvent],
+    chunk_events_max: usize,
+) -> (tempfile::TempDir, Projections) {
+    let directory = tempfile::tempdir().unwrap();
+    let projections = Projections::open(directory.path()).unwrap();
+    let rebuild = projections
+        .begin_rebuild_with_budget(RebuildBudget {
+            chunk_events_max,
+            chunk_bytes_max: usize::MAX,
+            checkpoint_batch_keys_max: 3,
+        })
+        .unwrap();
+    for batch in events.chunks(5) {
+        rebuild.apply_batch(batch).unwrap();
+    }
+    projections.finish_rebuild(rebuild).unwrap();
+    (directory, projections)
+}
+
 #[test]
 fn user_history_is_whole_across_memberships_that_hold_and_move_positions() {
     // Q-6, AUD-5: a membership's latest positions live in its member record and move under
@@ -726,7 +748,11 @@ fn user_history_is_whole_across_memberships_that_hold_and_move_positions() {
         in_pieces.apply_batch(batch).unwrap();
     }
     assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
-    for store in [&at_once, &in_pieces] {
+    // A rebuild's chunks fold many batches: a member added and removed within one chunk
+    // is never stored, but its positions are.
+    let (_rebuilt_directory, rebuilt) = rebuilt_in_chunks(&world.events, 7);
+    assert_eq!(at_once.digest().unwrap(), rebuilt.digest().unwrap());
+    for store in [&at_once, &in_pieces, &rebuilt] {
         assert_eq!(
             store.user_history(&email(user), None, 10_000).unwrap(),
             expected
@@ -772,6 +798,8 @@ fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
         in_pieces.apply_batch(batch).unwrap();
     }
     assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
+    let (_rebuilt_directory, rebuilt) = rebuilt_in_chunks(&world.events, 7);
+    assert_eq!(at_once.digest().unwrap(), rebuilt.digest().unwrap());
     let of_l1: Vec<u64> = world
         .events
         .iter()
@@ -779,7 +807,27 @@ fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
         .map(|event| event.position)
         .collect();
     assert!(of_l1.len() > 2 * projections::HISTORY_BLOCK_POSITIONS_MAX);
-    for store in [&at_once, &in_pieces] {
+    // Up to the license's 512th event exactly: a full block still held in the record.
+    let full = projections::HISTORY_BLOCK_POSITIONS_MAX;
+    let through_full = world
+        .events
+        .iter()
+        .position(|event| event.position == of_l1[full - 1])
+        .unwrap();
+    let (_full_directory, full_block) = rebuilt_in_chunks(&world.events[..=through_full], 7);
+    assert_eq!(
+        full_block
+            .license_history(&license_id("L1"), None, 10_000)
+            .unwrap(),
+        of_l1[..full]
+    );
+    assert_eq!(
+        full_block
+            .license_history(&license_id("L1"), Some(of_l1[full - 2]), 10)
+            .unwrap(),
+        [of_l1[full - 1]]
+    );
+    for store in [&at_once, &in_pieces, &rebuilt] {
         assert_eq!(
             store
                 .license_history(&license_id("L1"), None, 10_000)
@@ -892,6 +940,19 @@ fn usage_by_day_and_by_monday_week() {
             .iter()
             .all(|day| day.added.is_empty() && day.removed.is_empty())
     );
+    // A range that ends before the open day reads the closed days only, as before.
+    let before_open: Vec<u64> = later_projections
+        .usage(
+            &license_id("L1"),
+            time("2026-09-01T00:00:00Z"),
+            time("2026-09-09T00:00:00Z"),
+            Bucket::Day,
+        )
+        .unwrap()
+        .iter()
+        .map(|day| day.users_count)
+        .collect();
+    assert_eq!(before_open, [0, 2, 2, 2, 2, 2, 3, 3]);
     assert!(matches!(
         projections.usage(&license_id("L1"), world.now, world.now, Bucket::Day),
         Err(ProjectionError::EmptyRange)
