@@ -152,6 +152,9 @@ pub struct RebuildOutcome {
     pub live: Option<Vec<Digest>>,
     /// Read models whose digests differ (AUD-5 says: none).
     pub differing: Vec<String>,
+    /// The live projections were built by another projection schema version: another
+    /// layout, whose digests say nothing about the log, so they were not compared.
+    pub live_schema_outdated: bool,
     /// The rebuilt digests at the end of the log.
     pub rebuilt: Vec<Digest>,
     /// Whether the rebuilt generation now answers queries.
@@ -165,6 +168,14 @@ impl RebuildOutcome {
             self.events, self.seconds, self.events_per_second
         );
         match (&self.live, self.live_checkpoint) {
+            _ if self.live_schema_outdated => {
+                out.push_str(
+                    "the live projections were built by another projection schema version \
+                     (an older or newer binary); their layout differs, so they are not \
+                     compared, and a rebuild replaces them; rebuilt digests:\n",
+                );
+                out.push_str(&render_digests(self.events, &self.rebuilt));
+            }
             (Some(live), Some(cp)) => {
                 out.push_str(&format!(
                     "compared with the live projections at checkpoint {cp}:\n"
@@ -237,17 +248,24 @@ pub async fn rebuild(
         }
         Ok(())
     };
+    // Projections of another schema version have another layout: they are rebuilt and
+    // swapped, but comparing their digests would report every read model as different.
+    let live_schema_outdated = match live {
+        Some(p) => p.needs_rebuild().map_err(projection_failure)?,
+        None => false,
+    };
+    let compared = live.filter(|_| !live_schema_outdated);
     let digest_now = || -> Result<Vec<Digest>> {
         rebuild
             .digest()
             .map(|d| digests(&d))
             .map_err(projection_failure)
     };
-    let live_checkpoint = match live {
+    let live_checkpoint = match compared {
         Some(p) => Some(p.checkpoint().map_err(projection_failure)?),
         None => None,
     };
-    let live_digests = match live {
+    let live_digests = match compared {
         Some(p) => Some(digests(&p.digest().map_err(projection_failure)?)),
         None => None,
     };
@@ -311,6 +329,7 @@ pub async fn rebuild(
         rebuilt_at_live: rebuilt_at_live.unwrap_or_default(),
         live: live_digests,
         differing,
+        live_schema_outdated,
         rebuilt,
         swapped,
     })

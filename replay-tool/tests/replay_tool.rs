@@ -450,13 +450,22 @@ fn csv_fields_are_quoted_and_formulas_defused() {
 /// Live projections as the server's projector would have built them, from the log's events
 /// up to API position `upto`, leaving out the positions in `skip`.
 async fn live_projections(data: &Path, upto: u64, skip: &[u64]) {
+    live_projections_of_schema(data, upto, skip, projections::PROJECTION_SCHEMA_VERSION).await;
+}
+
+/// `live_projections` as a binary with another projection schema version would build them.
+async fn live_projections_of_schema(data: &Path, upto: u64, skip: &[u64], schema_version: u32) {
     let source =
         replay_tool::source::Source::open(&replay_tool::source::Origin::Data(data.to_path_buf()))
             .await
             .unwrap();
     let events = source.read_everything().await.unwrap();
     source.close().await.unwrap();
-    let p = projections::Projections::open(data.join("projections")).unwrap();
+    let p = projections::Projections::open_with_schema_version(
+        data.join("projections"),
+        schema_version,
+    )
+    .unwrap();
     let batch: Vec<_> = events
         .iter()
         .map(|e| replay_tool::rebuild::projected(e).unwrap())
@@ -493,6 +502,30 @@ async fn rebuild_matches_the_live_projections_and_digest_prints_them() {
     );
     assert_eq!(live, replayed);
     assert!(live["digests"].as_array().unwrap().len() > 3);
+}
+
+/// AUD-5 after an upgrade: projections built by an older binary have another layout, so the
+/// rebuild replaces them without reporting their digests as different.
+#[tokio::test]
+async fn rebuild_replaces_projections_of_another_schema_version_without_comparing() {
+    let (_tmp, data, _) = built().await;
+    live_projections_of_schema(&data, 18, &[], projections::PROJECTION_SCHEMA_VERSION - 1).await;
+    let (code, out) = cli(&["rebuild", "--data", d(&data), "--no-progress"]).await;
+    assert_eq!(code, EXIT_OK, "{out}");
+    assert!(out.contains("another projection schema version"), "{out}");
+    assert!(!out.contains("DIFFERENT"), "{out}");
+    assert!(out.contains("now answer queries"), "{out}");
+    // The swapped-in generation is of this version and agrees with the log.
+    let (code, out) = cli(&[
+        "rebuild",
+        "--data",
+        d(&data),
+        "--no-progress",
+        "--compare-only",
+    ])
+    .await;
+    assert_eq!(code, EXIT_OK, "{out}");
+    assert!(out.contains("all digests equal (AUD-5)"), "{out}");
 }
 
 /// AUD-5 can fail: live projections that missed an event differ from the rebuild.
