@@ -695,6 +695,39 @@ fn rebuilt_in_chunks(
     (directory, projections)
 }
 
+/// Q-6's expected page: the first `limit` of `positions` after `after`.
+fn page_after(positions: &[u64], after: u64, limit: usize) -> Vec<u64> {
+    positions
+        .iter()
+        .copied()
+        .filter(|position| *position > after)
+        .take(limit)
+        .collect()
+}
+
+/// The same events projected three ways, whose digests must be equal (AUD-5): live in
+/// batches of `APPLY_BATCH_EVENTS_MAX`, live in batches of `small_batch`, and rebuilt in
+/// chunks of 7 events. Returns the directories (to keep them) and the stores.
+fn built_three_ways(
+    events: &[ProjectedEvent],
+    small_batch: usize,
+) -> (Vec<tempfile::TempDir>, [Projections; 3]) {
+    let live_in = |batch_events: usize| {
+        let directory = tempfile::tempdir().unwrap();
+        let projections = Projections::open(directory.path()).unwrap();
+        for batch in events.chunks(batch_events) {
+            projections.apply_batch(batch).unwrap();
+        }
+        (directory, projections)
+    };
+    let (whole, at_once) = live_in(projections::APPLY_BATCH_EVENTS_MAX);
+    let (pieces, in_pieces) = live_in(small_batch);
+    let (chunks, rebuilt) = rebuilt_in_chunks(events, 7);
+    assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
+    assert_eq!(at_once.digest().unwrap(), rebuilt.digest().unwrap());
+    (vec![whole, pieces, chunks], [at_once, in_pieces, rebuilt])
+}
+
 #[test]
 fn user_history_is_whole_across_memberships_that_hold_and_move_positions() {
     // Q-6, AUD-5: a membership's latest positions live in its member record and move under
@@ -737,36 +770,18 @@ fn user_history_is_whole_across_memberships_that_hold_and_move_positions() {
         .map(|event| event.position)
         .collect();
     assert!(expected.len() > 2 * projections::MEMBER_HISTORY_POSITIONS_MAX);
-    let whole = tempfile::tempdir().unwrap();
-    let at_once = Projections::open(whole.path()).unwrap();
-    for batch in world.events.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
-        at_once.apply_batch(batch).unwrap();
-    }
-    let pieces = tempfile::tempdir().unwrap();
-    let in_pieces = Projections::open(pieces.path()).unwrap();
-    for batch in world.events.chunks(3) {
-        in_pieces.apply_batch(batch).unwrap();
-    }
-    assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
     // A rebuild's chunks fold many batches: a member added and removed within one chunk
     // is never stored, but its positions are.
-    let (_rebuilt_directory, rebuilt) = rebuilt_in_chunks(&world.events, 7);
-    assert_eq!(at_once.digest().unwrap(), rebuilt.digest().unwrap());
-    for store in [&at_once, &in_pieces, &rebuilt] {
+    let (_directories, stores) = built_three_ways(&world.events, 3);
+    for store in &stores {
         assert_eq!(
             store.user_history(&email(user), None, 10_000).unwrap(),
             expected
         );
         for after in std::iter::once(0).chain(expected.iter().copied()) {
-            let page: Vec<u64> = expected
-                .iter()
-                .copied()
-                .filter(|position| *position > after)
-                .take(5)
-                .collect();
             assert_eq!(
                 store.user_history(&email(user), Some(after), 5).unwrap(),
-                page,
+                page_after(&expected, after, 5),
                 "after {after}"
             );
         }
@@ -787,19 +802,7 @@ fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
         let license = if index % 3 == 2 { "L2" } else { "L1" };
         world.add(license, Actor::Staff, &borrowed);
     }
-    let whole = tempfile::tempdir().unwrap();
-    let at_once = Projections::open(whole.path()).unwrap();
-    for batch in world.events.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
-        at_once.apply_batch(batch).unwrap();
-    }
-    let pieces = tempfile::tempdir().unwrap();
-    let in_pieces = Projections::open(pieces.path()).unwrap();
-    for batch in world.events.chunks(7) {
-        in_pieces.apply_batch(batch).unwrap();
-    }
-    assert_eq!(at_once.digest().unwrap(), in_pieces.digest().unwrap());
-    let (_rebuilt_directory, rebuilt) = rebuilt_in_chunks(&world.events, 7);
-    assert_eq!(at_once.digest().unwrap(), rebuilt.digest().unwrap());
+    let (_directories, stores) = built_three_ways(&world.events, 7);
     let of_l1: Vec<u64> = world
         .events
         .iter()
@@ -827,7 +830,7 @@ fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
             .unwrap(),
         [of_l1[full - 1]]
     );
-    for store in [&at_once, &in_pieces, &rebuilt] {
+    for store in &stores {
         assert_eq!(
             store
                 .license_history(&license_id("L1"), None, 10_000)
@@ -839,12 +842,7 @@ fn license_history_spans_blocks_and_pages_across_them_whatever_the_batches() {
         let mut afters: Vec<u64> = of_l1.iter().copied().step_by(50).collect();
         afters.extend([of_l1[511], of_l1[512], *of_l1.last().unwrap(), of_l1[0] - 1]);
         for after in afters {
-            let expected: Vec<u64> = of_l1
-                .iter()
-                .copied()
-                .filter(|position| *position > after)
-                .take(97)
-                .collect();
+            let expected = page_after(&of_l1, after, 97);
             assert_eq!(
                 store
                     .license_history(&license_id("L1"), Some(after), 97)
@@ -925,34 +923,24 @@ fn usage_by_day_and_by_monday_week() {
     world.now = time("2026-09-09T12:00:00Z");
     world.remove("L1", &["d@x.org"]);
     let (_later_directory, later_projections) = projections_of(&world);
-    let later = later_projections
-        .usage(
-            &license_id("L1"),
-            time("2026-09-10T00:00:00Z"),
-            time("2026-09-12T00:00:00Z"),
-            Bucket::Day,
-        )
-        .unwrap();
-    let counts: Vec<u64> = later.iter().map(|day| day.users_count).collect();
-    assert_eq!(counts, [2, 2]);
+    let by_day = |from: &str, to: &str| {
+        later_projections
+            .usage(&license_id("L1"), time(from), time(to), Bucket::Day)
+            .unwrap()
+    };
+    let counts = |days: &[projections::UsageBucket]| -> Vec<u64> {
+        days.iter().map(|day| day.users_count).collect()
+    };
+    let later = by_day("2026-09-10T00:00:00Z", "2026-09-12T00:00:00Z");
+    assert_eq!(counts(&later), [2, 2]);
     assert!(
         later
             .iter()
             .all(|day| day.added.is_empty() && day.removed.is_empty())
     );
     // A range that ends before the open day reads the closed days only, as before.
-    let before_open: Vec<u64> = later_projections
-        .usage(
-            &license_id("L1"),
-            time("2026-09-01T00:00:00Z"),
-            time("2026-09-09T00:00:00Z"),
-            Bucket::Day,
-        )
-        .unwrap()
-        .iter()
-        .map(|day| day.users_count)
-        .collect();
-    assert_eq!(before_open, [0, 2, 2, 2, 2, 2, 3, 3]);
+    let before_open = by_day("2026-09-01T00:00:00Z", "2026-09-09T00:00:00Z");
+    assert_eq!(counts(&before_open), [0, 2, 2, 2, 2, 2, 3, 3]);
     assert!(matches!(
         projections.usage(&license_id("L1"), world.now, world.now, Bucket::Day),
         Err(ProjectionError::EmptyRange)

@@ -504,6 +504,18 @@ async fn rebuild_matches_the_live_projections_and_digest_prints_them() {
     assert!(live["digests"].as_array().unwrap().len() > 3);
 }
 
+/// `rebuild --compare-only` on a data directory: its exit code and output.
+async fn rebuild_compare_only(data: &Path) -> (u8, String) {
+    cli(&[
+        "rebuild",
+        "--data",
+        d(data),
+        "--no-progress",
+        "--compare-only",
+    ])
+    .await
+}
+
 /// AUD-5 after an upgrade: projections built by an older binary have another layout, so the
 /// rebuild replaces them without reporting their digests as different.
 #[tokio::test]
@@ -516,14 +528,7 @@ async fn rebuild_replaces_projections_of_another_schema_version_without_comparin
     assert!(!out.contains("DIFFERENT"), "{out}");
     assert!(out.contains("now answer queries"), "{out}");
     // The swapped-in generation is of this version and agrees with the log.
-    let (code, out) = cli(&[
-        "rebuild",
-        "--data",
-        d(&data),
-        "--no-progress",
-        "--compare-only",
-    ])
-    .await;
+    let (code, out) = rebuild_compare_only(&data).await;
     assert_eq!(code, EXIT_OK, "{out}");
     assert!(out.contains("all digests equal (AUD-5)"), "{out}");
 }
@@ -533,14 +538,7 @@ async fn rebuild_replaces_projections_of_another_schema_version_without_comparin
 async fn rebuild_reports_live_projections_that_differ() {
     let (_tmp, data, _) = built().await;
     live_projections(&data, 18, &[5]).await;
-    let (code, out) = cli(&[
-        "rebuild",
-        "--data",
-        d(&data),
-        "--no-progress",
-        "--compare-only",
-    ])
-    .await;
+    let (code, out) = rebuild_compare_only(&data).await;
     assert_eq!(code, EXIT_FAILED, "{out}");
     assert!(
         out.contains("DIFFERENT") && out.contains("digests differ for:"),
@@ -555,14 +553,7 @@ async fn rebuild_reports_live_projections_that_differ() {
     assert!(!v["differing"].as_array().unwrap().is_empty());
     assert_eq!(v["swapped"], true);
     // After the swap the live projections are the log's.
-    let (code, out) = cli(&[
-        "rebuild",
-        "--data",
-        d(&data),
-        "--no-progress",
-        "--compare-only",
-    ])
-    .await;
+    let (code, out) = rebuild_compare_only(&data).await;
     assert_eq!(code, EXIT_OK, "{out}");
 }
 
