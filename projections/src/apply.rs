@@ -173,9 +173,16 @@ const FOLD_LICENSE_RECORD_BYTES: usize = 1_024 + HISTORY_BLOCK_POSITIONS_MAX * 8
 
 /// a license's history is packed in blocks of up to `HISTORY_BLOCK_POSITIONS_MAX`
 /// positions, each under the key of its first one; the last block lives in the license
-/// record (`LicenseRecord::history_open`) until the position after it comes. Blocks fill in log order whatever
-/// the batch boundaries, so live and rebuilt projections hold the same blocks (AUD-5).
-///
+/// record (`LicenseRecord::history_open`) until the position after it comes. Blocks fill
+/// in log order whatever the batch boundaries, so live and rebuilt projections hold the
+/// same blocks (AUD-5). A stored block is its positions, eight big-endian bytes each.
+fn encode_history_block(positions: &[u64]) -> Vec<u8> {
+    positions
+        .iter()
+        .flat_map(|position| position.to_be_bytes())
+        .collect()
+}
+
 /// Reads a stored history block, asserting what every writer guarantees.
 pub(crate) fn decode_history_block(
     key_first: &[u8],
@@ -331,14 +338,9 @@ impl BatchApplier {
         );
         if record.history_open.len() >= HISTORY_BLOCK_POSITIONS_MAX {
             let full = std::mem::take(&mut record.history_open);
-            let first = full[0];
-            let value: Vec<u8> = full
-                .iter()
-                .flat_map(|position| position.to_be_bytes())
-                .collect();
             self.put(
-                positioned(PREFIX_HISTORY_LICENSE, license.as_bytes(), first),
-                value,
+                positioned(PREFIX_HISTORY_LICENSE, license.as_bytes(), full[0]),
+                encode_history_block(&full),
             );
         }
         record.history_open.push(position);
@@ -516,7 +518,7 @@ impl BatchApplier {
             // of the stream stays in the license's history.
             self.put(
                 positioned(PREFIX_HISTORY_LICENSE, id_bytes, projected.position),
-                projected.position.to_be_bytes().to_vec(),
+                encode_history_block(&[projected.position]),
             );
             return Ok(());
         };
