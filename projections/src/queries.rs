@@ -664,47 +664,13 @@ impl Projections {
                 );
             }
         }
-        positions.extend(history_after(
-            &generation,
-            PREFIX_HISTORY_USER,
-            email.as_str(),
-            after,
-            limit,
-        )?);
+        positions.extend(user_history_keys_after(&generation, email, after, limit)?);
         positions.sort_unstable();
         positions.dedup();
         positions.truncate(limit);
         Ok(positions)
     }
-}
 
-/// The first `limit` positions after `after` under the per-position history keys of
-/// `subject`.
-fn history_after(
-    generation: &Generation,
-    prefix: u8,
-    subject: &str,
-    after: Option<u64>,
-    limit: usize,
-) -> Result<Vec<u64>, ProjectionError> {
-    let subject_scope = scope(prefix, subject.as_bytes());
-    let lower = match after {
-        Some(position) => Bound::Excluded(positioned(prefix, subject.as_bytes(), position)),
-        None => Bound::Included(subject_scope.clone()),
-    };
-    let upper = Bound::Excluded(prefix_end(&subject_scope).expect("a scope ends in zero"));
-    let mut positions = Vec::new();
-    for item in generation.tree.range((lower, upper)).take(limit) {
-        let (key, _) = item?;
-        let bytes: [u8; 8] = key[subject_scope.len()..]
-            .try_into()
-            .map_err(|_| corrupt("history key"))?;
-        positions.push(u64::from_be_bytes(bytes));
-    }
-    Ok(positions)
-}
-
-impl Projections {
     /// usage of a license in buckets covering `[from, to)`, aligned at 00:00 UTC (weeks
     /// on Monday): the first bucket is the one holding `from`, the last the one holding
     /// the last instant before `to`.
@@ -744,11 +710,8 @@ impl Projections {
         let id = license.as_str().as_bytes();
         let usage_scope = scope(PREFIX_USAGE, id);
         let first_key = pair(PREFIX_USAGE, id, &day_bytes(start_day));
-        let end_key = pair(
-            PREFIX_USAGE,
-            id,
-            &day_bytes(start_day + width * buckets as i64),
-        );
+        let range_end_day = start_day + width * buckets as i64;
+        let end_key = pair(PREFIX_USAGE, id, &day_bytes(range_end_day));
         let closed_before = match generation
             .tree
             .range(usage_scope.clone()..first_key.clone())
@@ -756,9 +719,7 @@ impl Projections {
         {
             Some(item) => {
                 let (key, value) = item?;
-                let day = day_from_bytes(&key[usage_scope.len()..])
-                    .ok_or_else(|| corrupt("usage key"))?;
-                Some((day, decode::<UsageRecord>("usage record", &value)?))
+                Some(usage_day(&usage_scope, &key, &value)?)
             }
             None => None,
         };
@@ -789,13 +750,10 @@ impl Projections {
             })
             .collect();
         let mut last_count: Vec<Option<u64>> = vec![None; buckets];
-        let range_end_day = start_day + width * buckets as i64;
         let mut days = Vec::new();
         for item in generation.tree.range(first_key..end_key) {
             let (key, value) = item?;
-            let day =
-                day_from_bytes(&key[usage_scope.len()..]).ok_or_else(|| corrupt("usage key"))?;
-            days.push((day, decode::<UsageRecord>("usage record", &value)?));
+            days.push(usage_day(&usage_scope, &key, &value)?);
         }
         if let Some((day, record)) = open_day
             && (start_day..range_end_day).contains(&day)
@@ -827,6 +785,41 @@ impl Projections {
         }
         Ok(result)
     }
+}
+
+/// The first `limit` positions after `after` under the user's per-position history keys.
+fn user_history_keys_after(
+    generation: &Generation,
+    email: &Email,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, ProjectionError> {
+    let user = email.as_str().as_bytes();
+    let user_scope = scope(PREFIX_HISTORY_USER, user);
+    let lower = match after {
+        Some(position) => Bound::Excluded(positioned(PREFIX_HISTORY_USER, user, position)),
+        None => Bound::Included(user_scope.clone()),
+    };
+    let upper = Bound::Excluded(prefix_end(&user_scope).expect("a scope ends in zero"));
+    let mut positions = Vec::new();
+    for item in generation.tree.range((lower, upper)).take(limit) {
+        let (key, _) = item?;
+        let bytes: [u8; 8] = key[user_scope.len()..]
+            .try_into()
+            .map_err(|_| corrupt("history key"))?;
+        positions.push(u64::from_be_bytes(bytes));
+    }
+    Ok(positions)
+}
+
+/// A usage key's day and its record (`usage_scope` is the key's license part).
+fn usage_day(
+    usage_scope: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> Result<(i64, UsageRecord), ProjectionError> {
+    let day = day_from_bytes(&key[usage_scope.len()..]).ok_or_else(|| corrupt("usage key"))?;
+    Ok((day, decode("usage record", value)?))
 }
 
 fn check_history_limit(limit: usize) -> Result<(), ProjectionError> {
