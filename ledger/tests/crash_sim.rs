@@ -225,7 +225,7 @@ async fn one_crash(seed: u64) {
             .await
             .unwrap();
         assert_eq!(Some(r), sub.acked, "seed {seed}");
-        assert_eq!(log.committed_position(), after.len() as u64, "seed {seed}");
+        assert_eq!(log.durable_position(), after.len() as u64, "seed {seed}");
     }
     // The recovered log takes new appends after what survived, across another restart.
     let fresh = common::events(2, "T");

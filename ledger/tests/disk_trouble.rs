@@ -75,7 +75,7 @@ async fn refused_then_recovered(fail: impl Fn(&SimDisk), expected: DiskProblem, 
         assert!(message.contains(words), "{message}");
         assert!(message.contains("restart the server"), "{message}");
         assert_eq!(
-            log.committed_position(),
+            log.durable_position(),
             5,
             "nothing unsynced is acknowledged"
         );

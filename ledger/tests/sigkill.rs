@@ -140,6 +140,6 @@ async fn acknowledged_appends_survive_sigkill() {
         .await
         .unwrap();
     assert_eq!((r.first_position, r.last_position), (*first, *last));
-    assert_eq!(log.committed_position(), all.len() as u64);
+    assert_eq!(log.durable_position(), all.len() as u64);
     log.close().await.unwrap();
 }

@@ -149,7 +149,7 @@ impl Source {
             Source::Log {
                 embedded: Some(log),
                 ..
-            } => Some(log.committed_position()),
+            } => Some(log.durable_position()),
             _ => None,
         }
     }

@@ -209,9 +209,9 @@ pub async fn run(
             let head_log = embedded.clone();
             let head_projections = projections.clone();
             let positions: Arc<dyn Fn() -> (u64, u64) + Send + Sync> = Arc::new(move || {
-                // The embedded log's count of committed events is the API position of its
+                // The embedded log's count of durable events is the API position of its
                 // last event.
-                let head = head_log.as_ref().map_or(0, |log| log.committed_position());
+                let head = head_log.as_ref().map_or(0, |log| log.durable_position());
                 (head, head_projections.checkpoint().unwrap_or(0))
             });
             Some(tokio::spawn(metrics::serve(

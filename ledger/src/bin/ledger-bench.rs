@@ -317,7 +317,7 @@ async fn open_read_and_verify(log_dir: &std::path::Path, total: u64) {
 async fn generate(log_dir: &std::path::Path, total: u64) {
     let start = Instant::now();
     let log = EmbeddedLog::open(log_dir, EmbeddedOptions::default()).expect("open");
-    let before = log.committed_position();
+    let before = log.durable_position();
     assert!(
         before <= total,
         "{} holds {before} events, more than --events {total}",

@@ -285,6 +285,24 @@ pub(crate) struct IndexWrites {
     pub tail_start: usize,
 }
 
+impl IndexWrites {
+    /// The writes of two runs, `later` after `self`: both runs' position, revision and
+    /// command keys, then both tails. A stream in both tails keeps `later`'s head and the
+    /// checkpoint is `later`'s, because a sled batch (like the in-memory index) keeps the
+    /// last value given for a key.
+    pub fn then(self, later: IndexWrites) -> IndexWrites {
+        let mut kvs = self.kvs;
+        let tail = kvs.split_off(self.tail_start);
+        let mut later_kvs = later.kvs;
+        let later_tail = later_kvs.split_off(later.tail_start);
+        kvs.extend(later_kvs);
+        let tail_start = kvs.len();
+        kvs.extend(tail);
+        kvs.extend(later_tail);
+        IndexWrites { kvs, tail_start }
+    }
+}
+
 /// How often an open retries while sled's lock on a directory is still held.
 pub const SLED_OPEN_LOCK_ATTEMPTS_MAX: u32 = 40;
 /// The wait between two such retries; 40 of them bound the wait at 2 s.

@@ -60,6 +60,9 @@ impl Default for EmbeddedOptions {
 /// Groups the writer may have handed to the indexer and not yet seen applied.
 const INDEX_QUEUE_GROUPS: usize = 8;
 
+/// How long a read waits for the index to hold the appends answered before it began.
+const INDEX_CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+
 /// Events a subscription's feeder reads from the log at a time.
 const SUBSCRIPTION_READ_EVENTS: usize = 1024;
 
@@ -67,7 +70,12 @@ const SUBSCRIPTION_READ_EVENTS: usize = 1024;
 pub(crate) struct Shared {
     storage: Arc<dyn Storage>,
     index: IndexStore,
+    /// The number of synced events: every position below it is durable, and its append may
+    /// have been answered. The indexer may not have reached it yet.
+    synced: AtomicU64,
     /// The number of committed events: every position below it is durable and indexed.
+    /// Readers read only below it, after waiting for it to reach `synced` as it was when
+    /// they started (`EmbeddedLog::index_caught_up`).
     committed: AtomicU64,
     committed_tx: watch::Sender<u64>,
     /// The highest segment id in use; readers move on to the next segment up to it.
@@ -76,6 +84,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Set once a write or index update failed: the log then refuses further appends.
     failed: Mutex<Option<LedgerError>>,
+    /// Set once an index update failed: readers waiting for the index stop waiting.
+    index_failed: AtomicBool,
     options: EmbeddedOptions,
 }
 
@@ -132,11 +142,13 @@ impl EmbeddedLog {
         let shared = Arc::new(Shared {
             storage,
             index,
+            synced: AtomicU64::new(recovered.next_position),
             committed: AtomicU64::new(recovered.next_position),
             committed_tx,
             last_segment: AtomicU64::new(recovered.segment),
             closed: AtomicBool::new(false),
             failed: Mutex::new(None),
+            index_failed: AtomicBool::new(false),
             options: options.clone(),
         });
         let (tx, rx) = mpsc::channel(options.append_queue_appends);
@@ -216,9 +228,55 @@ impl EmbeddedLog {
         shared.index.flush()
     }
 
-    /// The number of committed events, which is also the position the next one will get.
-    pub fn committed_position(&self) -> u64 {
+    /// The number of durable events, which is also the position the next one will get.
+    /// Every append answered so far is counted; the index may still be applying the last
+    /// few (reads wait for it).
+    pub fn durable_position(&self) -> u64 {
+        self.inner.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// The number of events the index holds, which readers read up to: at most
+    /// `durable_position`, and equal to it once the indexer has caught up.
+    pub fn indexed_position(&self) -> u64 {
         self.inner.shared.committed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the index holds every append answered before the call, so that a read
+    /// sees what its caller was told is written: appends are answered once synced, before
+    /// the indexer has applied them (usually within a millisecond). Bounded by
+    /// `INDEX_CATCH_UP_TIMEOUT_MS`; a failed index update ends the wait with that error (a
+    /// failed write of the log does not: what was answered before it is still indexed).
+    async fn index_caught_up(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        let target = shared.synced.load(Ordering::Acquire);
+        if shared.committed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let mut committed_rx = shared.committed_tx.subscribe();
+        let wait = async {
+            loop {
+                if *committed_rx.borrow_and_update() >= target {
+                    return Ok(());
+                }
+                if shared.index_failed.load(Ordering::Acquire) {
+                    return Err(shared.failure().unwrap_or(LedgerError::Closed));
+                }
+                if shared.closed.load(Ordering::Acquire) || committed_rx.changed().await.is_err() {
+                    return Err(LedgerError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_millis(INDEX_CATCH_UP_TIMEOUT_MS),
+            wait,
+        )
+        .await
+        .map_err(|_| {
+            LedgerError::Index(format!(
+                "the index did not reach position {target} within \
+                 {INDEX_CATCH_UP_TIMEOUT_MS} ms; the disk under the log's index may be stalled"
+            ))
+        })?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -501,8 +559,8 @@ impl EventLog for EmbeddedLog {
     ) -> Result<Option<CommandAnswer>> {
         // One point read, nearly always from sled's cache, so it runs in place rather than
         // on the blocking pool: this sits on the path of every command sent with an id.
-        // The index holds every acknowledged append, because the indexer applies a group's
-        // entries before the writer's answers go out.
+        // After the wait the index holds every append answered before this call.
+        self.index_caught_up().await?;
         let index = &self.inner.shared.index;
         let Some(record) = index.command(command_id)? else {
             return Ok(None);
@@ -522,12 +580,14 @@ impl EventLog for EmbeddedLog {
         from_revision: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        self.index_caught_up().await?;
         let stream = stream.to_owned();
         self.blocking(move |s| read_stream_blocking(s, &stream, from_revision, max))
             .await
     }
 
     async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<RecordedEvent>> {
+        self.index_caught_up().await?;
         self.blocking(move |s| read_all_blocking(s, from_position, max))
             .await
     }
@@ -579,6 +639,7 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn verify(&self) -> Result<VerifyReport> {
+        self.index_caught_up().await?;
         self.blocking(verify_blocking).await
     }
 }

@@ -152,6 +152,111 @@ async fn an_io_failure_poisons_the_log() {
         .await
         .unwrap_err();
     assert!(matches!(err, LedgerError::Disk(_)), "{err:?}");
-    assert_eq!(log.committed_position(), 1);
+    assert_eq!(log.durable_position(), 1);
+    // What was answered before the failure is still indexed and read.
+    let events = log.read_all(0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(log.indexed_position(), 1);
     log.close().await.unwrap();
+}
+
+/// An in-memory index and its map: a test that locks the map keeps the indexer from
+/// applying anything until it lets go.
+fn memory_index() -> (
+    IndexStore,
+    Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
+) {
+    let map = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    (IndexStore::Memory(map.clone()), map)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_is_answered_once_synced_and_a_read_waits_for_the_index() {
+    // Durable means synced: the answer does not wait for the index. (Unkeyed appends: a
+    // keyed one's writer looks its id up in the index, which the test holds.) A read that starts after
+    // the answer still sees the append, because it waits for the index to reach it.
+    let disk = Arc::new(SimDisk::new());
+    let (index, map) = memory_index();
+    let log = EmbeddedLog::open_with(disk.clone(), index, EmbeddedOptions::default()).unwrap();
+    let held = map.lock().unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let appended = tokio::time::timeout(
+        bound,
+        log.append_unkeyed(
+            "a",
+            ExpectedRevision::NoStream,
+            vec![ev(7)],
+            Uuid::from_u128(1),
+        ),
+    )
+    .await
+    .expect("the append is answered while the index is held")
+    .unwrap();
+    assert_eq!(appended.last_position, 0);
+    assert_eq!(log.indexed_position(), 0, "the index does not have it yet");
+
+    let waiting_before = log.inner.shared.committed_tx.receiver_count();
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move { log.read_stream("a", 0, 10).await })
+    };
+    // The read is waiting for the index once it watches the committed position.
+    tokio::time::timeout(bound, async {
+        while log.inner.shared.committed_tx.receiver_count() == waiting_before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the read waits for the index");
+    drop(held);
+    let events = tokio::time::timeout(bound, reader)
+        .await
+        .expect("the read ends once the index has the append")
+        .unwrap()
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload, vec![7; 8]);
+    assert_eq!(log.indexed_position(), 1);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_that_queue_behind_a_slow_index_update_are_indexed_together_and_in_order() {
+    // While the index is held, appends to one stream are answered and queue up for the
+    // indexer; once it is released they are applied together, the stream's head is the last
+    // append's and every revision reads back in order, after a reopen too.
+    let disk = Arc::new(SimDisk::new());
+    let (index, map) = memory_index();
+    let log =
+        EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default()).unwrap();
+    let held = map.lock().unwrap();
+    for i in 0..5u8 {
+        let expected = if i == 0 {
+            ExpectedRevision::NoStream
+        } else {
+            ExpectedRevision::Exact(i as u64 - 1)
+        };
+        log.append_unkeyed("a", expected, vec![ev(i)], Uuid::from_u128(i as u128 + 1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.indexed_position(), 0);
+    drop(held);
+    let events = log.read_stream("a", 0, 10).await.unwrap();
+    let payloads: Vec<u8> = events.iter().map(|e| e.payload[0]).collect();
+    assert_eq!(payloads, vec![0, 1, 2, 3, 4]);
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, vec![0, 1, 2, 3, 4]);
+    log.append_unkeyed(
+        "a",
+        ExpectedRevision::Exact(4),
+        vec![ev(5)],
+        Uuid::from_u128(6),
+    )
+    .await
+    .unwrap();
+    log.close().await.unwrap();
+    let reopened = EmbeddedLog::open_with(disk, index, EmbeddedOptions::default()).unwrap();
+    assert_eq!(reopened.read_stream("a", 0, 10).await.unwrap().len(), 6);
+    assert_eq!(reopened.indexed_position(), 6);
 }

@@ -48,11 +48,27 @@ pub(crate) enum CommandKey {
 
 type Reply = (oneshot::Sender<Result<AppendResult>>, Result<AppendResult>);
 
-/// A synced group on its way to the indexer: its index entries and its answers.
+/// A synced group's index entries on their way to the indexer, with the number of events
+/// the log holds after it.
 struct SyncedGroup {
-    kvs: Option<IndexWrites>,
+    writes: IndexWrites,
     next_position: u64,
-    replies: Vec<Reply>,
+}
+
+impl SyncedGroup {
+    /// The two groups as one, `later` after `self`: the indexer applies the groups that
+    /// queued up while it was busy in one sled batch, so that a slow index update is not
+    /// followed by as many small ones.
+    fn then(self, later: SyncedGroup) -> SyncedGroup {
+        assert!(
+            later.next_position > self.next_position,
+            "synced groups arrive in the log's order"
+        );
+        SyncedGroup {
+            writes: self.writes.then(later.writes),
+            next_position: later.next_position,
+        }
+    }
 }
 
 struct Writer {
@@ -115,8 +131,7 @@ impl Writer {
                         let b = request_bytes(&r);
                         if group_bytes + b > APPEND_BYTES_MAX {
                             // Over the group's byte bound: it starts the next group.
-                            let synced = self.commit_group(group);
-                            if index_tx.send(synced).is_err() {
+                            if !self.commit_and_answer(group, &index_tx) {
                                 return;
                             }
                             group = Vec::new();
@@ -128,11 +143,32 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let synced = self.commit_group(group);
-            if index_tx.send(synced).is_err() {
+            if !self.commit_and_answer(group, &index_tx) {
                 return;
             }
         }
+    }
+
+    /// Commits one group, hands its index entries to the indexer, and then answers its
+    /// appends: once the group is synced each append is durable, which is all an answer
+    /// promises (readers wait for the index themselves, see `EmbeddedLog::index_caught_up`).
+    /// Answering here rather than after the index update took workload 1's mean append
+    /// from 4.3 to 2.6 ms (issue 7). Returns false once the indexer is gone.
+    fn commit_and_answer(
+        &mut self,
+        group: Vec<AppendRequest>,
+        index_tx: &std_mpsc::SyncSender<SyncedGroup>,
+    ) -> bool {
+        let (synced, replies) = self.commit_group(group);
+        let indexer_alive = match synced {
+            Some(synced) => index_tx.send(synced).is_ok(),
+            None => true,
+        };
+        for (tx, answer) in replies {
+            // The appender may have given up waiting; the append stands regardless.
+            let _ = tx.send(answer);
+        }
+        indexer_alive
     }
 
     fn lookup_command(&self, id: Uuid) -> Result<Option<CommandRecord>> {
@@ -142,18 +178,17 @@ impl Writer {
         self.shared.index.command(id)
     }
 
-    /// Writes and syncs one group; returns what the indexer must apply and answer.
-    fn commit_group(&mut self, group: Vec<AppendRequest>) -> SyncedGroup {
+    /// Writes and syncs one group; returns what the indexer must apply (nothing when the
+    /// group wrote no event) and the group's answers. Once the group is synced, `synced`
+    /// counts its events.
+    fn commit_group(&mut self, group: Vec<AppendRequest>) -> (Option<SyncedGroup>, Vec<Reply>) {
         if let Some(e) = self.poisoned.clone().or_else(|| self.shared.failure()) {
             self.poisoned = Some(e.clone());
-            return SyncedGroup {
-                kvs: None,
-                next_position: self.next_position,
-                replies: group
-                    .into_iter()
-                    .map(|r| (r.reply, Err(e.clone())))
-                    .collect(),
-            };
+            let replies = group
+                .into_iter()
+                .map(|r| (r.reply, Err(e.clone())))
+                .collect();
+            return (None, replies);
         }
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
         let mut batch = IndexBatch::default();
@@ -183,14 +218,11 @@ impl Writer {
             // disk, and recovery on the next open decides which complete appends survive.
             self.shared.fail(e.clone());
             self.poisoned = Some(e.clone());
-            return SyncedGroup {
-                kvs: None,
-                next_position: self.next_position,
-                replies: replies
-                    .into_iter()
-                    .map(|(tx, _)| (tx, Err(e.clone())))
-                    .collect(),
-            };
+            let replies = replies
+                .into_iter()
+                .map(|(tx, _)| (tx, Err(e.clone())))
+                .collect();
+            return (None, replies);
         }
         if self.recent_commands.len() > RECENT_COMMANDS_PRUNE_AT {
             let committed = self.shared.committed.load(Ordering::Acquire);
@@ -204,11 +236,20 @@ impl Writer {
                 offset: self.segment_len,
             },
         };
-        SyncedGroup {
-            kvs: (batch.events > 0).then(|| batch.finish(cp)),
-            next_position: self.next_position,
-            replies,
+        if batch.events == 0 {
+            // Every append of the group was answered from an earlier one: nothing to index.
+            return (None, replies);
         }
+        let before = self.shared.synced.load(Ordering::Acquire);
+        assert!(self.next_position > before, "synced position went back");
+        self.shared
+            .synced
+            .store(self.next_position, Ordering::Release);
+        let synced = SyncedGroup {
+            writes: batch.finish(cp),
+            next_position: self.next_position,
+        };
+        (Some(synced), replies)
     }
 
     /// Checks one append and encodes it into `buf`. The outer error is an operating
@@ -363,43 +404,42 @@ fn request_bytes(r: &AppendRequest) -> usize {
 }
 
 fn run_indexer(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncedGroup>) {
-    for group in rx {
-        apply_group(&shared, group);
+    while let Ok(mut group) = rx.recv() {
+        // The queue holds at most `INDEX_QUEUE_GROUPS`, so this takes at most that many.
+        while let Ok(later) = rx.try_recv() {
+            group = group.then(later);
+        }
+        // After a failed index update nothing more is applied: the next open indexes the
+        // rest from the log. A failed write or sync of the log does not stop the indexer,
+        // because every group it is given was synced and answered before that failure.
+        if !shared.index_failed.load(Ordering::Acquire) {
+            apply_group(&shared, group);
+        }
     }
 }
 
-/// Applies a synced group's index entries, publishes the committed position and answers.
+/// Applies a synced group's index entries and publishes the committed position.
 fn apply_group(shared: &Shared, group: SyncedGroup) {
-    let mut replies = group.replies;
-    if let Some(kvs) = group.kvs {
-        let applied = match shared.failure() {
-            Some(e) => Err(e),
-            None => shared.index.apply(kvs).map_err(|e| match e {
-                LedgerError::Io(io) => LedgerError::disk("updating the index", &io),
-                other => other,
-            }),
-        };
-        match applied {
-            Ok(()) => {
-                let before = shared.committed.load(Ordering::Acquire);
-                assert!(group.next_position > before, "committed position went back");
-                shared
-                    .committed
-                    .store(group.next_position, Ordering::Release);
-                shared.committed_tx.send_replace(group.next_position);
-            }
-            Err(e) => {
-                // The group is durable in the log but not readable; refuse to go on
-                // so that the next open rebuilds the index from the log.
-                shared.fail(e.clone());
-                for r in &mut replies {
-                    r.1 = Err(e.clone());
-                }
-            }
+    let applied = shared.index.apply(group.writes).map_err(|e| match e {
+        LedgerError::Io(io) => LedgerError::disk("updating the index", &io),
+        other => other,
+    });
+    match applied {
+        Ok(()) => {
+            let before = shared.committed.load(Ordering::Acquire);
+            assert!(group.next_position > before, "committed position went back");
+            shared
+                .committed
+                .store(group.next_position, Ordering::Release);
+            shared.committed_tx.send_replace(group.next_position);
         }
-    }
-    for (tx, answer) in replies {
-        // The appender may have given up waiting; the append stands regardless.
-        let _ = tx.send(answer);
+        Err(e) => {
+            // The group is durable in the log (its appends were answered) but not
+            // readable; refuse to go on so that the next open indexes it from the log.
+            // Readers waiting for the index are woken to see the failure.
+            shared.fail(e);
+            shared.index_failed.store(true, Ordering::Release);
+            shared.committed_tx.send_modify(|_| {});
+        }
     }
 }
