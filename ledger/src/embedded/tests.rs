@@ -160,14 +160,46 @@ async fn an_io_failure_poisons_the_log() {
     log.close().await.unwrap();
 }
 
-/// An in-memory index and its map: a test that locks the map keeps the indexer from
-/// applying anything until it lets go.
-fn memory_index() -> (
-    IndexStore,
-    Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
-) {
-    let map = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+type MemoryMap = Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+/// An in-memory index and its map, for `HeldIndex`.
+fn memory_index() -> (IndexStore, MemoryMap) {
+    let map: MemoryMap = Arc::default();
     (IndexStore::Memory(map.clone()), map)
+}
+
+/// Holds the in-memory index's lock on a thread of its own until dropped, so that the
+/// indexer cannot apply anything meanwhile.
+struct HeldIndex {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldIndex {
+    fn hold(map: MemoryMap) -> HeldIndex {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _guard = map.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            // Returns when the sender is dropped.
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        HeldIndex {
+            release: Some(release_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HeldIndex {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +210,7 @@ async fn an_append_is_answered_once_synced_and_a_read_waits_for_the_index() {
     let disk = Arc::new(SimDisk::new());
     let (index, map) = memory_index();
     let log = EmbeddedLog::open_with(disk.clone(), index, EmbeddedOptions::default()).unwrap();
-    let held = map.lock().unwrap();
+    let held = HeldIndex::hold(map);
     let bound = std::time::Duration::from_secs(20);
     let appended = tokio::time::timeout(
         bound,
@@ -229,7 +261,7 @@ async fn groups_that_queue_behind_a_slow_index_update_are_indexed_together_and_i
     let (index, map) = memory_index();
     let log =
         EmbeddedLog::open_with(disk.clone(), index.clone(), EmbeddedOptions::default()).unwrap();
-    let held = map.lock().unwrap();
+    let held = HeldIndex::hold(map);
     for i in 0..5u8 {
         let expected = if i == 0 {
             ExpectedRevision::NoStream
