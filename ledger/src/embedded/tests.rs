@@ -292,3 +292,63 @@ async fn groups_that_queue_behind_a_slow_index_update_are_indexed_together_and_i
     assert_eq!(reopened.read_stream("a", 0, 10).await.unwrap().len(), 6);
     assert_eq!(reopened.indexed_position(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_command_id_answers_its_first_append_across_the_writers_prunes() {
+    // AUD-4: an id appends once. Each id is sent twice at once and once more at the end,
+    // over more ids than the writer keeps (it drops the indexed ones past
+    // RECENT_COMMANDS_PRUNE_AT), so retries meet the first attempt in the writer's table
+    // and in the index, with the index behind the answers (they go out once synced).
+    let log = EmbeddedLog::open_with(
+        Arc::new(SimDisk::new()),
+        IndexStore::memory(),
+        EmbeddedOptions::default(),
+    )
+    .unwrap();
+    let tasks = 32u128;
+    let per_task = (writer::RECENT_COMMANDS_PRUNE_AT as u128 * 3) / tasks;
+    let mut running = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let log = log.clone();
+        running.spawn(async move {
+            let stream = format!("s{task}");
+            let mut firsts = Vec::new();
+            for n in 0..per_task {
+                let id = Uuid::from_u128(task * 1_000_000 + n + 1);
+                let send = || {
+                    log.append(
+                        &stream,
+                        ExpectedRevision::Any,
+                        vec![ev((n % 200) as u8)],
+                        id,
+                    )
+                };
+                let (first, second) = tokio::join!(send(), send());
+                let (first, second) = (first.unwrap(), second.unwrap());
+                assert_eq!(first, second, "id {id}");
+                firsts.push((id, first));
+            }
+            firsts
+        });
+    }
+    let mut firsts = Vec::new();
+    while let Some(done) = running.join_next().await {
+        firsts.extend(done.unwrap());
+    }
+    for (id, first) in &firsts {
+        let stream = format!("s{}", id.as_u128() / 1_000_000);
+        let n = (id.as_u128() % 1_000_000) - 1;
+        let again = log
+            .append(
+                &stream,
+                ExpectedRevision::Any,
+                vec![ev((n % 200) as u8)],
+                *id,
+            )
+            .await
+            .unwrap();
+        assert_eq!(&again, first, "id {id}");
+    }
+    assert_eq!(log.durable_position() as u128, tasks * per_task);
+    log.close().await.unwrap();
+}

@@ -21,7 +21,7 @@ use crate::types::*;
 
 /// Once the writer's table of commands not yet indexed grows past this, it drops the
 /// entries the index already holds.
-const RECENT_COMMANDS_PRUNE_AT: usize = 4096;
+pub(crate) const RECENT_COMMANDS_PRUNE_AT: usize = 4096;
 
 /// One append waiting for the writer.
 pub(crate) struct AppendRequest {
