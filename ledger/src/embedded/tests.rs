@@ -204,9 +204,10 @@ impl Drop for HeldIndex {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_is_answered_once_synced_and_a_read_waits_for_the_index() {
-    // Durable means synced: the answer does not wait for the index. (Unkeyed appends: a
-    // keyed one's writer looks its id up in the index, which the test holds.) A read that starts after
-    // the answer still sees the append, because it waits for the index to reach it.
+    // Durable means synced: the answer does not wait for the index. A read that starts
+    // after the answer still sees the append, because it waits for the index to reach it.
+    // (Unkeyed appends: a keyed one's writer looks its id up in the index, which the test
+    // holds.)
     let disk = Arc::new(SimDisk::new());
     let (index, map) = memory_index();
     let log = EmbeddedLog::open_with(disk.clone(), index, EmbeddedOptions::default()).unwrap();

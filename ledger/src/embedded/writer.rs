@@ -405,9 +405,13 @@ fn request_bytes(r: &AppendRequest) -> usize {
 
 fn run_indexer(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncedGroup>) {
     while let Ok(mut group) = rx.recv() {
-        // The queue holds at most `INDEX_QUEUE_GROUPS`, so this takes at most that many.
-        while let Ok(later) = rx.try_recv() {
-            group = group.then(later);
+        // At most a queue's worth more, so that one sled batch stays bounded even while
+        // the writer keeps adding groups.
+        for _ in 0..INDEX_QUEUE_GROUPS {
+            match rx.try_recv() {
+                Ok(later) => group = group.then(later),
+                Err(_) => break,
+            }
         }
         // After a failed index update nothing more is applied: the next open indexes the
         // rest from the log. A failed write or sync of the log does not stop the indexer,
