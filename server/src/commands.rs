@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::{Tokens, random_token};
 use crate::core::{CommandIds, Core, CoreError, SecretKind};
-use crate::idempotency::Outcomes;
+use crate::idempotency::{FirstOutcome, Outcomes, is_decided_refusal};
 use crate::requests::{self, parse_license};
 use crate::status::{from_core, from_domain, invalid};
 
@@ -154,8 +154,12 @@ impl CommandService {
 
     /// The answers cache is the fast path; what makes AUD-4 hold across a crash is the
     /// answer the core keeps with the command's append in the log (`CommandIds`), which
-    /// this cache may not have synced. A command that appended nothing has no answer to
-    /// keep: retried after a restart, it is decided again, and still appends at most once.
+    /// this cache may not have synced. A command decided against (a refusal of ERR-1) appends
+    /// nothing, so its refusal is kept in the cache alone: a retry gets it back, even after
+    /// the situation changed (seats were bought meanwhile), because AUD-4 promises the first
+    /// outcome. A retry after a crash that lost the cache is decided again, and still appends
+    /// at most once. A failure to decide (unavailable, deadline) is not an outcome and is
+    /// never kept.
     async fn once_inner<R, F>(&self, call: &Call, run: F) -> Result<Response<R>, Status>
     where
         R: Message + Default,
@@ -174,17 +178,33 @@ impl CommandService {
                     "this command id was already used for a different command; use a new id",
                 ));
             }
-            let reply = R::decode(stored.reply.as_slice())
-                .map_err(|_| Status::internal("a stored answer cannot be read"))?;
-            return Ok(Response::new(reply));
+            return match stored.outcome {
+                FirstOutcome::Reply(bytes) => R::decode(bytes.as_slice())
+                    .map(Response::new)
+                    .map_err(|_| Status::internal("a stored answer cannot be read")),
+                FirstOutcome::Refused { code, message } => Err(Status::new(code, message)),
+            };
         }
-        let reply = run.await?;
-        // The command is done and its answer is in the log with its events; a cache that
-        // cannot take it must not turn that success into an error.
-        if let Err(error) = self.outcomes.put(id, fingerprint, &reply.encode_to_vec()) {
-            tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
+        match run.await {
+            Ok(reply) => {
+                // The command is done and its answer is in the log with its events; a cache
+                // that cannot take it must not turn that success into an error.
+                if let Err(error) = self.outcomes.put(id, fingerprint, &reply.encode_to_vec()) {
+                    tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
+                }
+                Ok(Response::new(reply))
+            }
+            Err(status) => {
+                if is_decided_refusal(status.code())
+                    && let Err(error) =
+                        self.outcomes
+                            .put_refusal(id, fingerprint, status.code(), status.message())
+                {
+                    tracing::warn!(%error, command_id = %id, "the answers cache did not take a refusal");
+                }
+                Err(status)
+            }
         }
-        Ok(Response::new(reply))
     }
 
     async fn license(

@@ -176,6 +176,8 @@ struct Indexes {
     licenses_of_member: MemberLicenses,
 
     domains_of_admin: HashMap<Email, BTreeSet<DomainName>>,
+    /// The licenses each user administers, for Q-7's reading of another user's History.
+    licenses_of_admin: HashMap<Email, BTreeSet<String>>,
     claims: HashMap<DomainName, LicenseId>,
 }
 
@@ -416,6 +418,13 @@ impl Core {
                     for (email, _) in state.members() {
                         indexes.licenses_of_member.insert(email, &id);
                     }
+                    for admin in state.admins() {
+                        indexes
+                            .licenses_of_admin
+                            .entry(admin.clone())
+                            .or_default()
+                            .insert(id.clone());
+                    }
                 }
             }
             let shared = self.license_entry(&id);
@@ -618,6 +627,14 @@ impl Core {
             }
         }
         match event {
+            Event::LicenseIssued(_)
+            | Event::LicenseAdminGranted(_)
+            | Event::LicenseAdminRevoked(_) => {
+                Self::index_admins(indexes, id, &entry.aggregate, event);
+            }
+            _ => {}
+        }
+        match event {
             Event::LicenseIssued(_) | Event::LicenseKeyRotated(_) | Event::JoinLinkRotated(_) => {
                 if let Some(old) = old_key {
                     indexes.license_by_key.remove(&old);
@@ -636,6 +653,34 @@ impl Core {
                     }
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// Follows a license's admins into `licenses_of_admin` after an event that may change
+    /// them, from what the aggregate holds once the event is applied.
+    fn index_admins(indexes: &mut Indexes, id: &str, aggregate: &License, event: &Event) {
+        let Some(state) = aggregate.state() else {
+            return;
+        };
+        let mut follow = |email: &Email| {
+            if state.is_admin(email) {
+                indexes
+                    .licenses_of_admin
+                    .entry(email.clone())
+                    .or_default()
+                    .insert(id.to_owned());
+            } else if let Some(licenses) = indexes.licenses_of_admin.get_mut(email) {
+                licenses.remove(id);
+                if licenses.is_empty() {
+                    indexes.licenses_of_admin.remove(email);
+                }
+            }
+        };
+        match event {
+            Event::LicenseIssued(_) => state.admins().iter().for_each(&mut follow),
+            Event::LicenseAdminGranted(e) => follow(&e.email),
+            Event::LicenseAdminRevoked(e) => follow(&e.email),
             _ => {}
         }
     }
@@ -1193,6 +1238,16 @@ impl Core {
         best.map(|(_, id)| id)
     }
 
+    /// Whether a user administers at least one license (Q-7: only then may they read
+    /// another user's History, restricted to the licenses they administer).
+    pub fn administers_any_license(&self, email: &Email) -> bool {
+        let indexes = self.indexes.read().unwrap_or_else(|p| p.into_inner());
+        indexes
+            .licenses_of_admin
+            .get(email)
+            .is_some_and(|licenses| !licenses.is_empty())
+    }
+
     /// Whether a user is an admin of a license (Q-7 reads), from the live aggregate.
     pub async fn is_license_admin(&self, id: &str, email: &Email) -> bool {
         match self.existing_license(id) {
@@ -1337,6 +1392,57 @@ mod tests {
         index.remove(&bob, "L2");
         assert!(index.licenses(&bob).is_empty());
         assert!(index.of_one.is_empty() && index.of_several.is_empty());
+    }
+
+    /// who administers a license follows issue, grant and revoke, and is the same
+    /// whether the core was built live, replayed from the log or restored from a snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_license_admins_index_follows_grants_and_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(
+            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let log: Arc<dyn EventLog> = embedded.clone();
+        let core = Core::open(log.clone(), clock()).await.unwrap();
+        let issuer = Email::parse("admin@north.edu").unwrap();
+        let granted = Email::parse("second@north.edu").unwrap();
+        assert!(!core.administers_any_license(&issuer));
+        issue_and_add(&core, "L1", &["a@north.edu"]).await;
+        let admin = |command: LicenseCommand| {
+            let core = &core;
+            async move {
+                core.execute_license("L1", &Actor::Staff, &command, CommandIds::fresh())
+                    .await
+                    .unwrap();
+            }
+        };
+        admin(LicenseCommand::GrantAdmin {
+            email: granted.clone(),
+        })
+        .await;
+        assert!(core.administers_any_license(&issuer));
+        assert!(core.administers_any_license(&granted));
+        let snapshot = core.snapshot().await.unwrap();
+        admin(LicenseCommand::RevokeAdmin {
+            email: issuer.clone(),
+        })
+        .await;
+        assert!(!core.administers_any_license(&issuer));
+        assert!(core.administers_any_license(&granted));
+        assert!(!core.administers_any_license(&Email::parse("a@north.edu").unwrap()));
+        drop(core);
+
+        let replayed = Core::open(log.clone(), clock()).await.unwrap();
+        let restored = Core::open_from(log.clone(), clock(), Some(&snapshot))
+            .await
+            .unwrap();
+        assert!(restored.events_from_snapshot() > 0, "the snapshot was used");
+        for core in [&replayed, &restored] {
+            assert!(!core.administers_any_license(&issuer));
+            assert!(core.administers_any_license(&granted));
+        }
+        drop((replayed, restored));
+        embedded.close().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,6 +174,9 @@ pub async fn run(
         store
             .open_tree("command_outcomes")
             .map_err(|e| ServerError::Store(e.to_string()))?,
+        store
+            .open_tree("command_refusals")
+            .map_err(|e| ServerError::Store(e.to_string()))?,
     );
     let limits = &config.limits;
     let metrics = metrics::Metrics::default();

@@ -438,6 +438,18 @@ impl LicenseQueries for QueryService {
             }
             Some(history_request::Subject::User(raw)) => {
                 let email = parse_email(&raw, "user")?;
+                // Q-7: a user reads their own History; another user's only as the admin of
+                // a license, and then restricted to the licenses they administer
+                // (`events_at`), which may leave nothing to show.
+                if let Actor::User(viewer) = &actor
+                    && viewer != &email
+                    && !self.core.administers_any_license(viewer)
+                {
+                    return Err(Status::permission_denied(
+                        "you may read only your own history, or a user's history on the \
+                         licenses you administer",
+                    ));
+                }
                 let positions = self
                     .projections
                     .user_history(&email, None, HISTORY_EVENTS_MAX)
