@@ -14,6 +14,7 @@ use domain::{Actor, DomainName, Email, LicenseId, Role, Secret, Source, Status};
 use sha2::{Digest as _, Sha256};
 
 use crate::keys::{self, *};
+use crate::packs;
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode, encode};
 use crate::{
     HISTORY_BLOCK_POSITIONS_MAX, MEMBER_HISTORY_POSITIONS_MAX, ProjectedEvent, ProjectionError,
@@ -113,6 +114,8 @@ fn cached_columns_differ(before: Option<&MemberRecord>, after: Option<&MemberRec
 /// (`RebuildBudget`), which coalesces far more.
 pub(crate) struct BatchApplier {
     tree: sled::Tree,
+    /// The generation's packs (`packs`), oldest first: where a rebuild left its members.
+    packs: std::sync::Arc<Vec<u32>>,
     /// The latest value of every key the fold changed (`None`: removed); sorted when the
     /// fold finishes.
     writes: Writes,
@@ -158,6 +161,9 @@ struct MemberEntry {
     /// it is dropped from the writes instead of removed from sled. A rebuild adds and
     /// removes many members within one chunk, which then cost no sled write at all.
     stored: Option<MemberRecord>,
+    /// Whether a pack holds the member (`packs::Lookup`): removing them then writes
+    /// tombstones over the member and user -> license keys instead of removing them.
+    held_by_pack: bool,
     changed: bool,
 }
 
@@ -216,9 +222,14 @@ pub(crate) fn decode_history_block(
 impl BatchApplier {
     /// A fold over `tree`; `track_changes` keeps the membership changes for the email
     /// lists of a generation that answers queries.
-    pub(crate) fn new(tree: &sled::Tree, track_changes: bool) -> Self {
+    pub(crate) fn new(
+        tree: &sled::Tree,
+        packs: std::sync::Arc<Vec<u32>>,
+        track_changes: bool,
+    ) -> Self {
         Self {
             tree: tree.clone(),
+            packs,
             writes: FxHashMap::default(),
             licenses: HashMap::new(),
             members: FxHashMap::default(),
@@ -271,6 +282,16 @@ impl BatchApplier {
         }
     }
 
+    /// Removes a member's key (its record or its user -> license key): over a pack that
+    /// holds the member, a tombstone hides the pack's entry; otherwise as `remove`.
+    fn remove_member_key(&mut self, key: Vec<u8>, member: &MemberEntry) {
+        if member.held_by_pack {
+            self.put(key, packs::TOMBSTONE.to_vec());
+        } else {
+            self.remove(key, member.stored.is_some());
+        }
+    }
+
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         let key_bytes = key.len();
         let value_bytes = value.as_ref().map_or(0, Vec::len);
@@ -309,9 +330,16 @@ impl BatchApplier {
             Entry::Vacant(entry) => {
                 // The fold writes member keys only when it finishes, so the store's value
                 // is the one before the fold.
-                let stored: Option<MemberRecord> = self
-                    .tree
-                    .get(entry.key())?
+                let lookup = if self.packs.is_empty() {
+                    packs::Lookup {
+                        value: self.tree.get(entry.key())?.map(|bytes| bytes.to_vec()),
+                        held_by_pack: false,
+                    }
+                } else {
+                    packs::get(&self.tree, &self.packs, entry.key())?
+                };
+                let stored: Option<MemberRecord> = lookup
+                    .value
                     .map(|bytes| decode("member record", &bytes))
                     .transpose()?;
                 self.held_bytes +=
@@ -319,6 +347,7 @@ impl BatchApplier {
                 Ok(entry.insert(MemberEntry {
                     record: stored.clone(),
                     stored,
+                    held_by_pack: lookup.held_by_pack,
                     changed: false,
                 }))
             }
@@ -360,7 +389,7 @@ impl BatchApplier {
             }
             match member.record {
                 Some(record) => self.put(key, encode(&record)),
-                None => self.remove(key, member.stored.is_some()),
+                None => self.remove_member_key(key, &member),
             }
         }
         (self.writes, self.changes)
@@ -699,17 +728,14 @@ impl BatchApplier {
         let member_key = pair(PREFIX_MEMBER, id.as_bytes(), email.as_str().as_bytes());
         // Out of the map while it changes, so that the writes below can borrow the fold.
         self.member_entry(member_key.clone())?;
-        let MemberEntry {
-            record: before,
-            stored,
-            ..
-        } = self
+        let entry = self
             .members
             .remove(&member_key)
             .expect("member_entry put it in the map");
         // the membership's positions carry over to the new record with this event's;
         // they move under the user's history keys when the membership ends or when the
         // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
+        let before = entry.record.clone();
         let mut history = before
             .as_ref()
             .map(|member| member.history.clone())
@@ -737,7 +763,7 @@ impl BatchApplier {
         );
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.remove(user_license, stored.is_some()),
+            None => self.remove_member_key(user_license, &entry),
         }
         let held_before = before
             .as_ref()
@@ -767,8 +793,8 @@ impl BatchApplier {
             member_key,
             MemberEntry {
                 record: after,
-                stored,
                 changed: true,
+                ..entry
             },
         );
         Ok(())

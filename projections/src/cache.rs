@@ -312,6 +312,7 @@ impl MemberCache {
     pub(crate) fn current(
         &self,
         tree: &sled::Tree,
+        packs: &[u32],
         license: &str,
     ) -> Result<Arc<Joined>, ProjectionError> {
         {
@@ -330,7 +331,7 @@ impl MemberCache {
         // and the projector must not wait for them); changes told meanwhile are kept as
         // pending and applied to what was read (`finish_load`).
         self.begin_load(license);
-        let loaded = match load(tree, license) {
+        let loaded = match load(tree, packs, license) {
             Ok(loaded) => loaded,
             Err(error) => {
                 self.abandon_load(license);
@@ -457,10 +458,10 @@ fn total_bytes(licenses: &HashMap<String, LicenseMembers>) -> usize {
     licenses.values().map(LicenseMembers::bytes).sum()
 }
 
-fn load(tree: &sled::Tree, license: &str) -> Result<Joined, ProjectionError> {
+fn load(tree: &sled::Tree, packs: &[u32], license: &str) -> Result<Joined, ProjectionError> {
     let member_scope = scope(PREFIX_MEMBER, license.as_bytes());
     let mut builder = JoinedBuilder::with_capacity(0, 0);
-    for item in tree.scan_prefix(&member_scope) {
+    for item in crate::packs::scan_prefix(tree, packs, &member_scope)? {
         let (key, value) = item?;
         let email = std::str::from_utf8(&key[member_scope.len()..]).map_err(|_| {
             ProjectionError::Corrupt {

@@ -7,6 +7,7 @@
 mod apply;
 mod cache;
 mod keys;
+mod packs;
 mod queries;
 mod records;
 
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 
 pub use queries::{
     Bucket, LicenseView, ListUsersRequest, MemberView, PAGE_TOKEN_LENGTH_MAX_CHARS, UsageBucket,
-    UserLicense, UsersPage,
+    UserLicense, UsersPage, check_usage_range,
 };
 pub use records::StatusCounts;
 
@@ -31,8 +32,10 @@ pub use records::StatusCounts;
 /// Version 3 dropped the sled sort index (prefix `03`): sorted and filtered pages are
 /// chosen from the in-memory member lists (`cache`). Version 4 keeps a license's open usage
 /// day and open history block in its license record, and a membership's latest positions
-/// of the user's history in its member record, instead of under their own keys.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 4;
+/// of the user's history in its member record, instead of under their own keys. Version 5
+/// lets a rebuild write the member records and user -> license keys as packs (`packs`),
+/// and the live projector tombstones over them; a binary of version 4 would not see them.
+pub const PROJECTION_SCHEMA_VERSION: u32 = 5;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch,
 /// and above all sled's: sled keeps every node version a batch replaces until the batch
 /// ends, so the peak RSS grows with the batch (measured: 10,000 UserAdded events peaked
@@ -202,6 +205,9 @@ pub(crate) struct Generation {
     /// would be a bug, into waiting instead of a corrupted batch.
     writer: Mutex<()>,
     members: cache::MemberCache,
+    /// The ids of the generation's packs, oldest first (`packs`). Only a rebuild adds or
+    /// merges them, before the generation answers anything; afterwards they never change.
+    packs: RwLock<Arc<Vec<u32>>>,
 }
 
 const GENERATION_TREE_PREFIX: &str = "generation-";
@@ -211,12 +217,19 @@ const META_CURRENT_KEY: &[u8] = b"current";
 impl Generation {
     fn open(db: &sled::Db, name: String) -> Result<Self, ProjectionError> {
         let tree = db.open_tree(name.as_bytes())?;
+        let packs = RwLock::new(Arc::new(packs::load_ids(&tree)?));
         Ok(Self {
             name,
             tree,
             writer: Mutex::new(()),
             members: cache::MemberCache::default(),
+            packs,
         })
+    }
+
+    /// The generation's packs, oldest first.
+    pub(crate) fn packs(&self) -> Arc<Vec<u32>> {
+        Arc::clone(&self.packs.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn schema_version(&self) -> Result<Option<u32>, ProjectionError> {
@@ -261,7 +274,7 @@ impl Generation {
             return Ok(checkpoint);
         };
         assert_positions_increase(checkpoint, events);
-        let mut applier = apply::BatchApplier::new(&self.tree, true);
+        let mut applier = apply::BatchApplier::new(&self.tree, self.packs(), true);
         for event in events {
             applier.apply(event)?;
         }
@@ -277,9 +290,21 @@ impl Generation {
 
     fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
         let mut digests = Vec::with_capacity(keys::READ_MODELS.len());
+        let packs = self.packs();
         for (prefix, read_model) in keys::READ_MODELS {
             let mut hasher = Sha256::new();
-            for item in self.tree.scan_prefix([*prefix]) {
+            // The read models packs hold are digested through every layer, so that where a
+            // member is stored (a pack, a plain key) never changes the digest (AUD-5).
+            let items: Box<dyn Iterator<Item = Result<packs::Entry, ProjectionError>>> =
+                if packs::is_packed_key(&[*prefix]) {
+                    Box::new(packs::scan_prefix(&self.tree, &packs, &[*prefix])?)
+                } else {
+                    Box::new(self.tree.scan_prefix([*prefix]).map(|item| {
+                        item.map(|(key, value)| (key.to_vec(), value.to_vec()))
+                            .map_err(ProjectionError::from)
+                    }))
+                };
+            for item in items {
                 let (key, value) = item?;
                 hasher.update((key.len() as u64).to_be_bytes());
                 hasher.update(&key);
@@ -399,9 +424,9 @@ impl Rebuild {
         if events.is_empty() {
             return Ok(chunk.applied);
         }
-        let fold = chunk
-            .fold
-            .get_or_insert_with(|| apply::BatchApplier::new(&self.generation.tree, false));
+        let fold = chunk.fold.get_or_insert_with(|| {
+            apply::BatchApplier::new(&self.generation.tree, self.generation.packs(), false)
+        });
         let folded = events.iter().try_for_each(|event| fold.apply(event));
         if let Err(error) = folded {
             // The chunk holds part of a batch: it cannot be written, and the rebuild
@@ -440,23 +465,63 @@ impl Rebuild {
     /// batches for the bulk: measured 1.45x faster over 300,000 events, and with less memory
     /// (sled keeps every node version a batch replaces until the batch ends; one batch for
     /// a chunk of 250,000 keys peaked at 1.1 GiB).
+    ///
+    /// The member records and user -> license keys of the chunk go into a new pack
+    /// (`packs`) instead: its blocks first, its directory key with the checkpoint. A removal
+    /// there is a tombstone, which hides the member in the older packs. When more than
+    /// `PACKS_MAX` packs exist, they are merged into one.
     fn write_sorted(
         &self,
         writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         checkpoint: u64,
     ) -> Result<(), ProjectionError> {
         let tree = &self.generation.tree;
-        let bulk = writes
+        let mut ids = Vec::clone(&self.generation.packs());
+        let (packed, plain): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .partition(|(key, _)| packs::is_packed_key(key));
+        let mut directory = Vec::new();
+        if !packed.is_empty() {
+            let id = ids.last().map_or(1, |last| last + 1);
+            let entries = packed
+                .into_iter()
+                .map(|(key, value)| Ok((key, value.unwrap_or_else(|| packs::TOMBSTONE.to_vec()))));
+            let count = packs::write_blocks(tree, id, entries)?;
+            directory.push((packs::directory_key(id), Some(count.to_be_bytes().to_vec())));
+            ids.push(id);
+        }
+        let bulk = plain
             .len()
             .saturating_sub(self.budget.checkpoint_batch_keys_max);
-        let mut writes = writes.into_iter();
-        for (key, value) in writes.by_ref().take(bulk) {
+        let mut plain = plain.into_iter();
+        for (key, value) in plain.by_ref().take(bulk) {
             match value {
                 Some(value) => tree.insert(key, value)?,
                 None => tree.remove(key)?,
             };
         }
-        tree.apply_batch(apply::checkpoint_batch(writes, checkpoint))?;
+        tree.apply_batch(apply::checkpoint_batch(plain.chain(directory), checkpoint))?;
+        if ids.len() > packs::PACKS_MAX {
+            // Merging every pack: a rebuild writes no plain member keys, so nothing older
+            // is left for a tombstone to hide, and they go.
+            let into = ids.last().expect("more than PACKS_MAX") + 1;
+            let count = packs::merge_into(tree, &ids, into, true)?;
+            let mut batch = sled::Batch::default();
+            batch.insert(packs::directory_key(into), count.to_be_bytes().to_vec());
+            for id in &ids {
+                batch.remove(packs::directory_key(*id));
+            }
+            tree.apply_batch(batch)?;
+            for id in &ids {
+                packs::remove_blocks(tree, *id)?;
+            }
+            ids = vec![into];
+        }
+        *self
+            .generation
+            .packs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(ids);
         Ok(())
     }
 

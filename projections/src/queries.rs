@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::query::EmailPattern;
@@ -14,6 +15,7 @@ use domain::{
 use crate::apply::{day_of, decode_history_block, secret_hash};
 use crate::cache::{CachedColumns, Joined, Search, search_joined};
 use crate::keys::*;
+use crate::packs;
 use crate::records::{LicenseRecord, MemberRecord, StatusCounts, UsageRecord, decode};
 use crate::{
     Generation, HISTORY_PAGE_SIZE_MAX, LIST_USERS_PAGE_SIZE_MAX, ProjectionError, Projections,
@@ -260,6 +262,8 @@ struct Collector<'a> {
     request: &'a ListUsersRequest,
     pattern: Option<&'a EmailPattern>,
     tree: &'a sled::Tree,
+    /// The generation's packs, oldest first.
+    packs: Arc<Vec<u32>>,
     rows: Vec<Row>,
     limit: usize,
 }
@@ -275,8 +279,8 @@ impl Collector<'_> {
             self.request.license.as_str().as_bytes(),
             email.as_bytes(),
         );
-        self.tree
-            .get(key)?
+        packs::get(self.tree, &self.packs, &key)?
+            .value
             .map(|bytes| decode("member record", &bytes))
             .transpose()
     }
@@ -373,7 +377,7 @@ impl Projections {
             license.as_str().as_bytes(),
             email.as_str().as_bytes(),
         );
-        let Some(bytes) = generation.tree.get(key)? else {
+        let Some(bytes) = packs::get(&generation.tree, &generation.packs(), &key)?.value else {
             return Ok(None);
         };
         let member: MemberRecord = decode("member record", &bytes)?;
@@ -415,6 +419,7 @@ impl Projections {
             request,
             pattern,
             tree: &generation.tree,
+            packs: generation.packs(),
             rows: Vec::new(),
             limit: request.page_size + 1,
         };
@@ -466,9 +471,7 @@ impl Projections {
         let generation = self.generation();
         let user_scope = scope(PREFIX_USER_LICENSE, email.as_str().as_bytes());
         let mut licenses = Vec::new();
-        for item in generation
-            .tree
-            .scan_prefix(&user_scope)
+        for item in packs::scan_prefix(&generation.tree, &generation.packs(), &user_scope)?
             .take(USER_LISTING_ROWS_MAX)
         {
             let (key, value) = item?;
@@ -650,11 +653,12 @@ impl Projections {
         // auditor's history must be whole, and it costs one read per membership.
         let mut positions = Vec::new();
         let user_scope = scope(PREFIX_USER_LICENSE, email.as_str().as_bytes());
-        for item in generation.tree.scan_prefix(&user_scope) {
+        let packs = generation.packs();
+        for item in packs::scan_prefix(&generation.tree, &packs, &user_scope)? {
             let (user_license, _) = item?;
             let license = &user_license[user_scope.len()..];
             let key = pair(PREFIX_MEMBER, license, email.as_str().as_bytes());
-            if let Some(bytes) = generation.tree.get(key)? {
+            if let Some(bytes) = packs::get(&generation.tree, &packs, &key)?.value {
                 let member: MemberRecord = decode("member record", &bytes)?;
                 positions.extend(
                     member
@@ -681,9 +685,7 @@ impl Projections {
         to: DateTime<Utc>,
         bucket: Bucket,
     ) -> Result<Vec<UsageBucket>, ProjectionError> {
-        if from >= to {
-            return Err(ProjectionError::EmptyRange);
-        }
+        let (start_day, buckets) = usage_buckets(from, to, bucket)?;
         let generation = self.generation();
         // The license record first, then the closed days: a day that closes meanwhile is
         // then found among the closed days too, and read from there (below).
@@ -692,21 +694,6 @@ impl Projections {
         };
         let open_day = record.usage_last_day.zip(record.usage_open);
         let width = bucket.days();
-        let first_day = day_of(from);
-        let start_day = match bucket {
-            Bucket::Day => first_day,
-            // 1970-01-01 was a Thursday, three days after a Monday.
-            Bucket::Week => first_day - (first_day + 3).rem_euclid(7),
-        };
-        let end_day = day_of(to - Duration::nanoseconds(1)) + 1;
-        let buckets = (end_day - start_day + width - 1) / width;
-        let buckets = usize::try_from(buckets).unwrap_or(usize::MAX);
-        if buckets > USAGE_BUCKETS_MAX {
-            return Err(ProjectionError::TooManyBuckets {
-                buckets,
-                max: USAGE_BUCKETS_MAX,
-            });
-        }
         let id = license.as_str().as_bytes();
         let usage_scope = scope(PREFIX_USAGE, id);
         let first_key = pair(PREFIX_USAGE, id, &day_bytes(start_day));
@@ -787,6 +774,46 @@ impl Projections {
     }
 }
 
+/// checks a usage range before anything is read, so that a bad range is
+/// INVALID_ARGUMENT whoever asks and whichever license (ERR-1 puts it before NOT_FOUND and
+/// PERMISSION_DENIED): `EmptyRange` unless `from` is before `to`, `TooManyBuckets` past
+/// `USAGE_BUCKETS_MAX`.
+pub fn check_usage_range(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Bucket,
+) -> Result<(), ProjectionError> {
+    usage_buckets(from, to, bucket).map(|_| ())
+}
+
+/// The first day of the first bucket of a usage range and the number of buckets.
+fn usage_buckets(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Bucket,
+) -> Result<(i64, usize), ProjectionError> {
+    if from >= to {
+        return Err(ProjectionError::EmptyRange);
+    }
+    let width = bucket.days();
+    let first_day = day_of(from);
+    let start_day = match bucket {
+        Bucket::Day => first_day,
+        // 1970-01-01 was a Thursday, three days after a Monday.
+        Bucket::Week => first_day - (first_day + 3).rem_euclid(7),
+    };
+    let end_day = day_of(to - Duration::nanoseconds(1)) + 1;
+    let buckets = (end_day - start_day + width - 1) / width;
+    let buckets = usize::try_from(buckets).unwrap_or(usize::MAX);
+    if buckets > USAGE_BUCKETS_MAX {
+        return Err(ProjectionError::TooManyBuckets {
+            buckets,
+            max: USAGE_BUCKETS_MAX,
+        });
+    }
+    Ok((start_day, buckets))
+}
+
 /// The first `limit` positions after `after` under the user's per-position history keys.
 fn user_history_keys_after(
     generation: &Generation,
@@ -802,7 +829,8 @@ fn user_history_keys_after(
     };
     let upper = Bound::Excluded(prefix_end(&user_scope).expect("a scope ends in zero"));
     let mut positions = Vec::new();
-    for item in generation.tree.range((lower, upper)).take(limit) {
+    let keys = packs::Merged::new(&generation.tree, &generation.packs(), lower, upper, false)?;
+    for item in keys.take(limit) {
         let (key, _) = item?;
         let bytes: [u8; 8] = key[user_scope.len()..]
             .try_into()
@@ -893,12 +921,7 @@ fn stream_members(
     if bounds_are_empty(&lower, &upper) {
         return Ok(());
     }
-    let range = collector.tree.range((lower, upper));
-    let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
-    };
+    let items = packs::Merged::new(collector.tree, &collector.packs, lower, upper, descending)?;
     for item in items {
         let (key, value) = item?;
         let email =
@@ -938,9 +961,11 @@ fn cached_email_order(
     needle: &str,
     cursor: Option<&Cursor>,
 ) -> Result<(), ProjectionError> {
-    let joined = generation
-        .members
-        .current(&generation.tree, collector.request.license.as_str())?;
+    let joined = generation.members.current(
+        &generation.tree,
+        &generation.packs(),
+        collector.request.license.as_str(),
+    )?;
     let request = collector.request;
     let descending = request.descending;
     let (prefix, prefix_end) = prefix_bounds(pattern);
@@ -1028,9 +1053,11 @@ fn cached_sorted(
     needle: &str,
     cursor: Option<&Cursor>,
 ) -> Result<(), ProjectionError> {
-    let joined = generation
-        .members
-        .current(&generation.tree, collector.request.license.as_str())?;
+    let joined = generation.members.current(
+        &generation.tree,
+        &generation.packs(),
+        collector.request.license.as_str(),
+    )?;
     let request = collector.request;
     let descending = request.descending;
     let (prefix, prefix_end) = prefix_bounds(pattern);

@@ -386,6 +386,8 @@ impl LicenseQueries for QueryService {
             "week" => Bucket::Week,
             _ => return Err(invalid("bucket must be 'day' or 'week'")),
         };
+        // ERR-1: a bad range is INVALID_ARGUMENT before the license is looked up.
+        projections::check_usage_range(from, to, bucket).map_err(from_projection)?;
         let view = self.license_view(&r.license)?;
         if !Self::administers(&actor, &view) {
             return Err(Status::permission_denied(format!(
