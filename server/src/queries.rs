@@ -197,6 +197,9 @@ impl LicenseQueries for QueryService {
                 view.id
             )));
         }
+        // the key and link only for the license's admins and staff. The system reads
+        // everything else, but no integration needs a license's secrets.
+        let sees_secrets = administers && !matches!(actor, Actor::System);
         Ok(Response::new(LicenseView {
             id: view.id.as_str().to_owned(),
             r#type: view.license_type.as_str().to_owned(),
@@ -240,12 +243,12 @@ impl LicenseQueries for QueryService {
                     )
                 })
                 .collect(),
-            key: if administers {
+            key: if sees_secrets {
                 view.key.expose().to_owned()
             } else {
                 String::new()
             },
-            link: if administers {
+            link: if sees_secrets {
                 view.link
                     .as_ref()
                     .map(|l| l.expose().to_owned())
