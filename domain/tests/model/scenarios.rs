@@ -62,6 +62,7 @@ enum Stream {
     Domain(DomainName),
 }
 
+#[derive(Clone)]
 struct Recorded {
     stream: Stream,
     meta: EventMeta,
@@ -69,6 +70,7 @@ struct Recorded {
 }
 
 /// The whole ledger in memory.
+#[derive(Clone)]
 struct World {
     now: DateTime<Utc>,
     licenses: BTreeMap<String, License>,
@@ -531,9 +533,10 @@ impl World {
                 Outcome::Done
             }
             "UserSignedUp" => {
-                Self::require_integration(actor)?;
+                // ERR-1: a malformed request is INVALID_ARGUMENT before the caller's role.
                 let email = email_arg(with, "email")?;
                 let role = Role::parse(text(with, "role")?)?;
+                Self::require_integration(actor)?;
                 let claim = self.domain(&DomainName::of(&email)).claimed_by().cloned();
                 let Some(id) = claim else {
                     return Ok(json!({"license": ""}));
@@ -637,12 +640,14 @@ impl World {
                     return Err(DomainError::NotFound("license not found".into()).into());
                 };
                 let is_member = actor.email().is_some_and(|e| state.member(e).is_some());
-                let sees_secrets = self.may_read_license(actor, id.as_str());
-                if !sees_secrets && !is_member {
+                let administers = self.may_read_license(actor, id.as_str());
+                if !administers && !is_member {
                     return Err(denied(
                         "only the license's admins, its members and staff may read it",
                     ));
                 }
+                // the key and link only for the license's admins and staff.
+                let sees_secrets = administers && !matches!(actor, Actor::System);
                 let counts = state.counts();
                 let features_by_role: Map<String, Value> = state
                     .features_by_role()
@@ -706,8 +711,16 @@ impl World {
                     .and_then(Value::as_str)
                     .unwrap_or("email")
                     .to_owned();
+                if !["email", "status", "source", "role", "added_at", "added_by"]
+                    .contains(&sort.as_str())
+                {
+                    return Err(invalid(format!("unknown sort column '{sort}'")));
+                }
                 let desc = flag(with, "desc")?;
                 let page_size = with.get("page_size").and_then(Value::as_u64);
+                if page_size.is_some_and(|size| size > 1_000) {
+                    return Err(invalid("the page size must be 1 to 1,000"));
+                }
                 let Some(state) = self.licenses.get(id.as_str()).and_then(License::state) else {
                     return Err(DomainError::NotFound("license not found".into()).into());
                 };
@@ -790,6 +803,13 @@ impl World {
                     "week" => 7,
                     _ => return Err(invalid("bucket must be day or week")),
                 };
+                // ERR-1: a bad range is INVALID_ARGUMENT before the license is looked up.
+                if from >= to {
+                    return Err(invalid("'from' must be earlier than 'to'"));
+                }
+                if self.usage(id.as_str(), from, to, bucket_days).len() > 1_000 {
+                    return Err(invalid("at most 1,000 buckets are answered at once"));
+                }
                 if !self.licenses.contains_key(id.as_str()) {
                     return Err(DomainError::NotFound("license not found".into()).into());
                 }
@@ -804,6 +824,7 @@ impl World {
                 let events: Vec<&Recorded> = if let Some(id) =
                     with.get("license").and_then(Value::as_str)
                 {
+                    LicenseId::parse(id)?;
                     if !self.licenses.contains_key(id) {
                         return Err(DomainError::NotFound("license not found".into()).into());
                     }
@@ -819,6 +840,17 @@ impl World {
                 } else {
                     let user = email_arg(with, "user")?;
                     let own = actor.email() == Some(&user);
+                    // another user's History only for an admin of some license.
+                    if let Actor::User(viewer) = actor
+                        && !own
+                        && !self
+                            .licenses
+                            .values()
+                            .filter_map(License::state)
+                            .any(|state| state.is_admin(viewer))
+                    {
+                        return Err(denied("you may read only your own history"));
+                    }
                     self.history
                         .iter()
                         .filter(|r| r.event.member_email() == Some(&user))
@@ -1116,10 +1148,18 @@ fn play(path: &Path) -> Result<(), String> {
                             if *first == fingerprint {
                                 answer.clone()
                             } else {
-                                Err((
-                                    "FAILED_PRECONDITION",
-                                    "command id reused for a different command".into(),
-                                ))
+                                // ERR-1: a malformed request is INVALID_ARGUMENT before the
+                                // reuse is noticed; the command itself is not run.
+                                let mut scratch = world.clone();
+                                match scratch.command(name, &actor, &with) {
+                                    Err(failure) if failure.code == "INVALID_ARGUMENT" => {
+                                        Err((failure.code, failure.message))
+                                    }
+                                    _ => Err((
+                                        "FAILED_PRECONDITION",
+                                        "command id reused for a different command".into(),
+                                    )),
+                                }
                             }
                         }
                         id => {
