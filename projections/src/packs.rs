@@ -113,34 +113,78 @@ fn encode_block(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     block
 }
 
-/// Reads a block, asserting what `encode_block` guarantees: the entries fill it exactly,
-/// their keys strictly increase, and the first is the one its key names.
-fn decode_block(first: &[u8], block: &[u8]) -> Result<Vec<Entry>, ProjectionError> {
-    let mut at = 0usize;
-    let mut take = |length: usize| -> Result<&[u8], ProjectionError> {
-        let bytes = block
-            .get(at..at + length)
+/// A key and its value inside a block.
+type EntryRef<'a> = (&'a [u8], &'a [u8]);
+
+/// The entries of a block, read in place, checking what `encode_block` guarantees as it
+/// goes: every entry lies inside the block, the keys strictly increase, and the first is
+/// the one the block's key names. A point lookup stops at its key; `decode_block` reads all.
+struct BlockEntries<'a> {
+    block: &'a [u8],
+    first: &'a [u8],
+    at: usize,
+    left: usize,
+    previous: Option<&'a [u8]>,
+}
+
+impl<'a> BlockEntries<'a> {
+    fn new(first: &'a [u8], block: &'a [u8]) -> Result<Self, ProjectionError> {
+        let count = block
+            .get(..2)
+            .ok_or_else(|| corrupt("a block ends inside its count"))?;
+        Ok(Self {
+            block,
+            first,
+            at: 2,
+            left: u16::from_be_bytes(count.try_into().expect("two bytes")) as usize,
+            previous: None,
+        })
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], ProjectionError> {
+        let bytes = self
+            .block
+            .get(self.at..self.at + length)
             .ok_or_else(|| corrupt("a block ends inside an entry"))?;
-        at += length;
+        self.at += length;
         Ok(bytes)
-    };
-    let count = u16::from_be_bytes(take(2)?.try_into().expect("two bytes")) as usize;
-    let mut entries: Vec<Entry> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let key_length = u16::from_be_bytes(take(2)?.try_into().expect("two bytes")) as usize;
-        let key = take(key_length)?.to_vec();
-        let value_length = u32::from_be_bytes(take(4)?.try_into().expect("four bytes")) as usize;
-        let value = take(value_length)?.to_vec();
-        if entries.last().is_some_and(|(last, _)| *last >= key) {
-            return Err(corrupt("the keys of a block do not increase"));
+    }
+
+    fn next_entry(&mut self) -> Result<Option<EntryRef<'a>>, ProjectionError> {
+        if self.left == 0 {
+            if self.at != self.block.len() {
+                return Err(corrupt("a block has bytes after its last entry"));
+            }
+            return Ok(None);
         }
-        entries.push((key, value));
+        self.left -= 1;
+        let key_length = u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes"));
+        let key = self.take(key_length as usize)?;
+        let value_length = u32::from_be_bytes(self.take(4)?.try_into().expect("four bytes"));
+        let value = self.take(value_length as usize)?;
+        match self.previous {
+            None if key != self.first => {
+                return Err(corrupt("a block's key does not name its first entry"));
+            }
+            Some(previous) if previous >= key => {
+                return Err(corrupt("the keys of a block do not increase"));
+            }
+            _ => {}
+        }
+        self.previous = Some(key);
+        Ok(Some((key, value)))
     }
-    if at != block.len() {
-        return Err(corrupt("a block has bytes after its last entry"));
+}
+
+/// Reads a whole block (`BlockEntries` checks it); an empty block is corrupt too.
+fn decode_block(first: &[u8], block: &[u8]) -> Result<Vec<Entry>, ProjectionError> {
+    let mut reader = BlockEntries::new(first, block)?;
+    let mut entries = Vec::with_capacity(reader.left);
+    while let Some((key, value)) = reader.next_entry()? {
+        entries.push((key.to_vec(), value.to_vec()));
     }
-    if entries.first().map(|(key, _)| key.as_slice()) != Some(first) {
-        return Err(corrupt("a block's key does not name its first entry"));
+    if entries.is_empty() {
+        return Err(corrupt("a block holds no entry"));
     }
     Ok(entries)
 }
@@ -220,36 +264,16 @@ fn pack_get(tree: &sled::Tree, id: u32, key: &[u8]) -> Result<Option<Vec<u8>>, P
 }
 
 /// The value of `key` in a block, read in place: a point lookup runs once per pack for every
-/// member a rebuild or the live projector touches, so it allocates nothing. Checks what it
-/// walks as `decode_block` does, up to the key.
+/// member a rebuild or the live projector touches, so it allocates nothing.
 fn find_in_block<'a>(
-    first: &[u8],
+    first: &'a [u8],
     block: &'a [u8],
     key: &[u8],
 ) -> Result<Option<&'a [u8]>, ProjectionError> {
-    let mut at = 0usize;
-    let mut take = |length: usize| -> Result<&'a [u8], ProjectionError> {
-        let bytes = block
-            .get(at..at + length)
-            .ok_or_else(|| corrupt("a block ends inside an entry"))?;
-        at += length;
-        Ok(bytes)
-    };
-    let count = u16::from_be_bytes(take(2)?.try_into().expect("two bytes")) as usize;
-    let mut previous: Option<&[u8]> = None;
-    for index in 0..count {
-        let key_length = u16::from_be_bytes(take(2)?.try_into().expect("two bytes")) as usize;
-        let entry = take(key_length)?;
-        let value_length = u32::from_be_bytes(take(4)?.try_into().expect("four bytes")) as usize;
-        let value = take(value_length)?;
-        if index == 0 && entry != first {
-            return Err(corrupt("a block's key does not name its first entry"));
-        }
-        if previous.is_some_and(|previous| previous >= entry) {
-            return Err(corrupt("the keys of a block do not increase"));
-        }
+    let mut reader = BlockEntries::new(first, block)?;
+    while let Some((entry, value)) = reader.next_entry()? {
         match entry.cmp(key) {
-            std::cmp::Ordering::Less => previous = Some(entry),
+            std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Equal => return Ok(Some(value)),
             std::cmp::Ordering::Greater => return Ok(None),
         }
@@ -684,6 +708,34 @@ mod tests {
             Some(TOMBSTONE.to_vec()),
             "a merge that leaves older packs keeps its tombstones"
         );
+    }
+
+    #[test]
+    fn a_damaged_block_is_reported_as_corrupt_not_read() {
+        // AUD-5: a block that does not hold what its writer guarantees is an error to
+        // rebuild from the log, never a wrong answer.
+        let entries = vec![(member("a"), b"1".to_vec()), (member("b"), b"2".to_vec())];
+        let block = encode_block(&entries);
+        assert_eq!(decode_block(&member("a"), &block).unwrap(), entries);
+        assert_eq!(
+            find_in_block(&member("a"), &block, &member("b")).unwrap(),
+            Some(&b"2"[..])
+        );
+        let corrupt_reason = |result: Result<Vec<Entry>, ProjectionError>| match result {
+            Err(ProjectionError::Corrupt { reason, .. }) => reason,
+            other => panic!("not corrupt: {other:?}"),
+        };
+        assert!(corrupt_reason(decode_block(&member("b"), &block)).contains("first entry"));
+        assert!(
+            corrupt_reason(decode_block(&member("a"), &block[..block.len() - 1]))
+                .contains("ends inside")
+        );
+        let mut longer = block.clone();
+        longer.push(0);
+        assert!(corrupt_reason(decode_block(&member("a"), &longer)).contains("after its last"));
+        let unordered = encode_block(&[entries[1].clone(), entries[0].clone()]);
+        assert!(corrupt_reason(decode_block(&member("b"), &unordered)).contains("increase"));
+        assert!(find_in_block(&member("b"), &unordered, &member("c")).is_err());
     }
 
     #[test]
