@@ -284,11 +284,11 @@ impl BatchApplier {
 
     /// Removes a member's key (its record or its user -> license key): over a pack that
     /// holds the member, a tombstone hides the pack's entry; otherwise as `remove`.
-    fn remove_member_key(&mut self, key: Vec<u8>, member: &MemberEntry) {
-        if member.held_by_pack {
+    fn remove_member_key(&mut self, key: Vec<u8>, stored: bool, held_by_pack: bool) {
+        if held_by_pack {
             self.put(key, packs::TOMBSTONE.to_vec());
         } else {
-            self.remove(key, member.stored.is_some());
+            self.remove(key, stored);
         }
     }
 
@@ -330,14 +330,7 @@ impl BatchApplier {
             Entry::Vacant(entry) => {
                 // The fold writes member keys only when it finishes, so the store's value
                 // is the one before the fold.
-                let lookup = if self.packs.is_empty() {
-                    packs::Lookup {
-                        value: self.tree.get(entry.key())?.map(|bytes| bytes.to_vec()),
-                        held_by_pack: false,
-                    }
-                } else {
-                    packs::get(&self.tree, &self.packs, entry.key())?
-                };
+                let lookup = packs::get(&self.tree, &self.packs, entry.key())?;
                 let stored: Option<MemberRecord> = lookup
                     .value
                     .map(|bytes| decode("member record", &bytes))
@@ -389,7 +382,7 @@ impl BatchApplier {
             }
             match member.record {
                 Some(record) => self.put(key, encode(&record)),
-                None => self.remove_member_key(key, &member),
+                None => self.remove_member_key(key, member.stored.is_some(), member.held_by_pack),
             }
         }
         (self.writes, self.changes)
@@ -728,14 +721,18 @@ impl BatchApplier {
         let member_key = pair(PREFIX_MEMBER, id.as_bytes(), email.as_str().as_bytes());
         // Out of the map while it changes, so that the writes below can borrow the fold.
         self.member_entry(member_key.clone())?;
-        let entry = self
+        let MemberEntry {
+            record: before,
+            stored,
+            held_by_pack,
+            ..
+        } = self
             .members
             .remove(&member_key)
             .expect("member_entry put it in the map");
         // the membership's positions carry over to the new record with this event's;
         // they move under the user's history keys when the membership ends or when the
         // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
-        let before = entry.record.clone();
         let mut history = before
             .as_ref()
             .map(|member| member.history.clone())
@@ -763,7 +760,7 @@ impl BatchApplier {
         );
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.remove_member_key(user_license, &entry),
+            None => self.remove_member_key(user_license, stored.is_some(), held_by_pack),
         }
         let held_before = before
             .as_ref()
@@ -793,8 +790,9 @@ impl BatchApplier {
             member_key,
             MemberEntry {
                 record: after,
+                stored,
+                held_by_pack,
                 changed: true,
-                ..entry
             },
         );
         Ok(())
