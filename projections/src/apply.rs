@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::{DateTime, Utc};
 use domain::events::Event;
@@ -115,7 +115,7 @@ fn cached_columns_differ(before: Option<&MemberRecord>, after: Option<&MemberRec
 pub(crate) struct BatchApplier {
     tree: sled::Tree,
     /// The generation's packs (`packs`), oldest first: where a rebuild left its members.
-    packs: std::sync::Arc<Vec<u32>>,
+    packs: packs::PackIds,
     /// The latest value of every key the fold changed (`None`: removed); sorted when the
     /// fold finishes.
     writes: Writes,
@@ -126,6 +126,14 @@ pub(crate) struct BatchApplier {
     /// Member changes for the in-memory member lists; not kept when nobody queries the
     /// generation yet (a rebuild), where they would only cost memory.
     changes: Option<Vec<MembershipChange>>,
+    /// The member record and user -> license keys of members the plain layer has
+    /// (`packs::Lookup::plain`): a live pack must not take them, or the older plain key
+    /// would hide the pack's newer entry.
+    plain_member_keys: FxHashSet<Vec<u8>>,
+    /// An upper estimate of the keys this fold writes as plain keys when it writes a live
+    /// pack: the keys of the read models packs do not hold, and two per member the plain
+    /// layer has.
+    plain_writes: usize,
     /// How many events were folded.
     events: usize,
     /// An estimate of the memory the fold holds, for a rebuild's chunk budget.
@@ -134,6 +142,15 @@ pub(crate) struct BatchApplier {
 
 /// Keys and their new values (`None`: removed).
 type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A live fold's writes, split by the layer they go to (`BatchApplier::finish_live`).
+pub(crate) struct LiveWrites {
+    /// What a live pack may take, in strictly increasing key order.
+    pub packed: Vec<packs::Entry>,
+    /// What must be written as plain keys (`None`: removed).
+    pub plain: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub changes: Vec<MembershipChange>,
+}
 
 /// One sled batch of `writes` (a `None` value removes its key) ending with the checkpoint
 /// they bring the projections to: the atomic write of AUD-6.
@@ -164,6 +181,9 @@ struct MemberEntry {
     /// Whether a pack holds the member (`packs::Lookup`): removing them then writes
     /// tombstones over the member and user -> license keys instead of removing them.
     held_by_pack: bool,
+    /// Whether the plain layer has the member's record key (`packs::Lookup::plain`), and
+    /// so its user -> license key: both are always written to the same layer.
+    plain: bool,
     changed: bool,
 }
 
@@ -222,11 +242,7 @@ pub(crate) fn decode_history_block(
 impl BatchApplier {
     /// A fold over `tree`; `track_changes` keeps the membership changes for the email
     /// lists of a generation that answers queries.
-    pub(crate) fn new(
-        tree: &sled::Tree,
-        packs: std::sync::Arc<Vec<u32>>,
-        track_changes: bool,
-    ) -> Self {
+    pub(crate) fn new(tree: &sled::Tree, packs: packs::PackIds, track_changes: bool) -> Self {
         Self {
             tree: tree.clone(),
             packs,
@@ -234,6 +250,8 @@ impl BatchApplier {
             licenses: HashMap::new(),
             members: FxHashMap::default(),
             changes: track_changes.then(Vec::new),
+            plain_member_keys: FxHashSet::default(),
+            plain_writes: 0,
             events: 0,
             held_bytes: 0,
         }
@@ -247,6 +265,11 @@ impl BatchApplier {
     /// An estimate of the bytes the fold holds in memory.
     pub(crate) fn held_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// An upper estimate of the plain keys the fold writes beside a live pack.
+    pub(crate) fn plain_writes(&self) -> usize {
+        self.plain_writes
     }
 
     fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
@@ -296,9 +319,13 @@ impl BatchApplier {
         let key_bytes = key.len();
         let value_bytes = value.as_ref().map_or(0, Vec::len);
         self.held_bytes += value_bytes;
+        let packed = packs::is_packed_key(&key);
         match self.writes.insert(key, value) {
             Some(old) => self.held_bytes -= old.map_or(0, |old| old.len()),
-            None => self.held_bytes += key_bytes + FOLD_ENTRY_OVERHEAD_BYTES,
+            None => {
+                self.held_bytes += key_bytes + FOLD_ENTRY_OVERHEAD_BYTES;
+                self.plain_writes += usize::from(!packed);
+            }
         }
     }
 
@@ -337,10 +364,12 @@ impl BatchApplier {
                     .transpose()?;
                 self.held_bytes +=
                     entry.key().len() + FOLD_ENTRY_OVERHEAD_BYTES + FOLD_MEMBER_RECORD_BYTES;
+                self.plain_writes += if lookup.plain { 2 } else { 0 };
                 Ok(entry.insert(MemberEntry {
                     record: stored.clone(),
                     stored,
                     held_by_pack: lookup.held_by_pack,
+                    plain: lookup.plain,
                     changed: false,
                 }))
             }
@@ -368,8 +397,14 @@ impl BatchApplier {
         record.history_open.push(position);
     }
 
-    /// Every record the fold changed, in key order, and the membership changes.
-    fn into_writes(mut self) -> (Writes, Option<Vec<MembershipChange>>) {
+    /// Every record the fold changed and the membership changes.
+    fn into_writes(self) -> (Writes, Option<Vec<MembershipChange>>) {
+        let (writes, _, changes) = self.into_parts();
+        (writes, changes)
+    }
+
+    /// `into_writes`, with the member keys the plain layer has (`plain_member_keys`).
+    fn into_parts(mut self) -> (Writes, FxHashSet<Vec<u8>>, Option<Vec<MembershipChange>>) {
         for (id, record) in std::mem::take(&mut self.licenses) {
             let key = single(PREFIX_LICENSE, id.as_bytes());
             if let Some(record) = record {
@@ -380,21 +415,37 @@ impl BatchApplier {
             if !member.changed {
                 continue;
             }
+            if member.plain {
+                self.plain_member_keys.insert(key.clone());
+            }
             match member.record {
                 Some(record) => self.put(key, encode(&record)),
                 None => self.remove_member_key(key, member.stored.is_some(), member.held_by_pack),
             }
         }
-        (self.writes, self.changes)
+        (self.writes, self.plain_member_keys, self.changes)
     }
 
-    /// Writes every record the batch changed and the checkpoint into one sled batch.
-    pub(crate) fn finish(self, checkpoint: u64) -> (sled::Batch, Vec<MembershipChange>) {
-        let (writes, changes) = self.into_writes();
-        (
-            checkpoint_batch(writes, checkpoint),
-            changes.unwrap_or_default(),
-        )
+    /// A live fold's writes split by layer: the entries a live pack may take, in key order
+    /// (a removal is a tombstone), and the keys that stay plain, with the membership
+    /// changes. Every key of a read model packs hold goes to the pack unless the plain
+    /// layer has it: a user history key is written once, under its own position, and a
+    /// member's two keys are in the layer its record key is in.
+    pub(crate) fn finish_live(self) -> LiveWrites {
+        let (writes, plain_member_keys, changes) = self.into_parts();
+        let (packed, plain): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .partition(|(key, _)| packs::is_packed_key(key) && !plain_member_keys.contains(key));
+        let mut packed: Vec<packs::Entry> = packed
+            .into_iter()
+            .map(|(key, value)| (key, value.unwrap_or_else(|| packs::TOMBSTONE.to_vec())))
+            .collect();
+        packed.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        LiveWrites {
+            packed,
+            plain,
+            changes: changes.unwrap_or_default(),
+        }
     }
 
     /// A rebuild's chunk: every record the fold changed, in key order.
@@ -725,6 +776,7 @@ impl BatchApplier {
             record: before,
             stored,
             held_by_pack,
+            plain,
             ..
         } = self
             .members
@@ -758,6 +810,9 @@ impl BatchApplier {
             email.as_str().as_bytes(),
             id.as_bytes(),
         );
+        if plain {
+            self.plain_member_keys.insert(user_license.clone());
+        }
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
             None => self.remove_member_key(user_license, stored.is_some(), held_by_pack),
@@ -792,6 +847,7 @@ impl BatchApplier {
                 record: after,
                 stored,
                 held_by_pack,
+                plain,
                 changed: true,
             },
         );

@@ -312,7 +312,7 @@ impl MemberCache {
     pub(crate) fn current(
         &self,
         tree: &sled::Tree,
-        packs: &[u32],
+        packs: impl FnOnce() -> crate::packs::PackIds,
         license: &str,
     ) -> Result<Arc<Joined>, ProjectionError> {
         {
@@ -331,7 +331,10 @@ impl MemberCache {
         // and the projector must not wait for them); changes told meanwhile are kept as
         // pending and applied to what was read (`finish_load`).
         self.begin_load(license);
-        let loaded = match load(tree, packs, license) {
+        // The packs are read after the load is registered: a live pack published before
+        // this point is in the list, and the changes of one published after it are kept as
+        // pending.
+        let loaded = match load(tree, &packs(), license) {
             Ok(loaded) => loaded,
             Err(error) => {
                 self.abandon_load(license);
@@ -458,7 +461,11 @@ fn total_bytes(licenses: &HashMap<String, LicenseMembers>) -> usize {
     licenses.values().map(LicenseMembers::bytes).sum()
 }
 
-fn load(tree: &sled::Tree, packs: &[u32], license: &str) -> Result<Joined, ProjectionError> {
+fn load(
+    tree: &sled::Tree,
+    packs: &crate::packs::PackIds,
+    license: &str,
+) -> Result<Joined, ProjectionError> {
     let member_scope = scope(PREFIX_MEMBER, license.as_bytes());
     let mut builder = JoinedBuilder::with_capacity(0, 0);
     for item in crate::packs::scan_prefix(tree, packs, &member_scope)? {

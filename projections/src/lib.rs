@@ -41,6 +41,9 @@ pub const PROJECTION_SCHEMA_VERSION: u32 = 5;
 /// ends, so the peak RSS grows with the batch (measured: 10,000 UserAdded events peaked
 /// at about 1.1 GiB, 2,000 at about 300 MiB, for the same speed).
 pub const APPLY_BATCH_EVENTS_MAX: usize = 2_000;
+/// The most events one live `Projections::apply_batch` takes; it splits them into atomic
+/// batches by its `LiveBudget`. It bounds the events and the fold held in memory at once.
+pub const LIVE_APPLY_EVENTS_MAX: usize = 16_384;
 /// the most rows one ListUsers page holds.
 pub const LIST_USERS_PAGE_SIZE_MAX: usize = 1_000;
 /// How many licenses keep their member list in memory for Q-2's `%pattern%` searches,
@@ -197,17 +200,83 @@ impl ReadModelDigest {
     }
 }
 
+/// How live events are split into atomic batches (each with its checkpoint, AUD-6), and
+/// when a batch writes its new members as a pack (`packs`) rather than as plain keys.
+///
+/// sled pays about 8 us per key written, and a batch of plain keys costs more per key the
+/// larger it is (`LIVE_BATCH_EVENTS_MAX`). So a batch of many licenses
+/// stays small and plain. A dense batch, one that writes few plain keys per event because
+/// its events add or change members of few licenses (an import, an OU sync), goes on
+/// much further and writes its member records, user -> license keys and user history keys
+/// as one pack: sorted blocks of up to 64 entries per sled key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveBudget {
+    /// A batch ends after this many events unless it is dense.
+    pub batch_events_max: usize,
+    /// A batch is dense while it writes at most one plain key per this many events.
+    pub dense_events_per_plain_key_min: usize,
+    /// A dense batch ends after this many events (it is folded in memory first).
+    pub dense_batch_events_max: usize,
+    /// A batch writes a pack when at least this many of its entries may go to one.
+    pub pack_entries_min: usize,
+    /// Above this many packs the newest two are merged, whatever their sizes
+    /// (`packs::live_merge_start`).
+    pub packs_max: usize,
+}
+
+/// `LiveBudget::batch_events_max`: as many as one plain batch cost least per event at.
+pub const LIVE_BATCH_EVENTS_MAX: usize = 256;
+/// `LiveBudget::dense_events_per_plain_key_min`.
+pub const LIVE_DENSE_EVENTS_PER_PLAIN_KEY_MIN: usize = 16;
+/// `LiveBudget::pack_entries_min`: below it a pack would mostly add merges.
+pub const LIVE_PACK_ENTRIES_MIN: usize = 1_024;
+/// `LiveBudget::packs_max`.
+pub const LIVE_PACKS_MAX: usize = 8;
+
+impl Default for LiveBudget {
+    fn default() -> Self {
+        Self {
+            batch_events_max: LIVE_BATCH_EVENTS_MAX,
+            dense_events_per_plain_key_min: LIVE_DENSE_EVENTS_PER_PLAIN_KEY_MIN,
+            dense_batch_events_max: LIVE_APPLY_EVENTS_MAX,
+            pack_entries_min: LIVE_PACK_ENTRIES_MIN,
+            packs_max: LIVE_PACKS_MAX,
+        }
+    }
+}
+
+impl LiveBudget {
+    fn batch_is_full(&self, fold: &apply::BatchApplier) -> bool {
+        let events = fold.events();
+        events >= self.dense_batch_events_max
+            || (events >= self.batch_events_max
+                && fold.plain_writes() * self.dense_events_per_plain_key_min > events)
+    }
+}
+
+/// What only the generation's writer touches: the pack lists it replaced and the packs
+/// it retired, so that a pack's blocks go only once no reader can hold a list naming it.
+#[derive(Default)]
+struct PackWriter {
+    /// Lists of pack ids that were published and then replaced; a reader may still hold
+    /// one (`Arc::strong_count` above one).
+    replaced: Vec<packs::PackIds>,
+    /// Packs a merge replaced, whose blocks (and `0f` key) are still stored.
+    retired: Vec<u32>,
+}
+
 /// One generation: a sled tree holding every read model and its checkpoint.
 pub(crate) struct Generation {
     name: String,
     tree: sled::Tree,
     /// The projector is the only writer; the lock turns a second concurrent writer, which
     /// would be a bug, into waiting instead of a corrupted batch.
-    writer: Mutex<()>,
+    writer: Mutex<PackWriter>,
     members: cache::MemberCache,
-    /// The ids of the generation's packs, oldest first (`packs`). Only a rebuild adds or
-    /// merges them, before the generation answers anything; afterwards they never change.
-    packs: RwLock<Arc<Vec<u32>>>,
+    /// The ids of the generation's packs, oldest first (`packs`). A rebuild adds and merges
+    /// them before the generation answers anything; the live writer adds a pack for a dense
+    /// batch and merges packs while queries read (`apply_batch`).
+    packs: RwLock<packs::PackIds>,
 }
 
 const GENERATION_TREE_PREFIX: &str = "generation-";
@@ -217,18 +286,20 @@ const META_CURRENT_KEY: &[u8] = b"current";
 impl Generation {
     fn open(db: &sled::Db, name: String) -> Result<Self, ProjectionError> {
         let tree = db.open_tree(name.as_bytes())?;
-        let packs = RwLock::new(Arc::new(packs::load_ids(&tree)?));
+        // Nothing reads the generation yet, so what a stopped writer left is removed now.
+        packs::remove_unreachable(&tree)?;
+        let packs = RwLock::new(Arc::new(packs::PackList::load(&tree)?));
         Ok(Self {
             name,
             tree,
-            writer: Mutex::new(()),
+            writer: Mutex::new(PackWriter::default()),
             members: cache::MemberCache::default(),
             packs,
         })
     }
 
     /// The generation's packs, oldest first.
-    pub(crate) fn packs(&self) -> Arc<Vec<u32>> {
+    pub(crate) fn packs(&self) -> packs::PackIds {
         Arc::clone(&self.packs.read().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -260,32 +331,149 @@ impl Generation {
         Ok(u64::from_be_bytes(array))
     }
 
-    /// AUD-6: the batch and its checkpoint in one atomic sled write.
-    fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
-        if events.len() > APPLY_BATCH_EVENTS_MAX {
+    /// AUD-6: the events in atomic batches (`LiveBudget`), each with its checkpoint.
+    fn apply_batch(
+        &self,
+        events: &[ProjectedEvent],
+        budget: &LiveBudget,
+    ) -> Result<u64, ProjectionError> {
+        if events.len() > LIVE_APPLY_EVENTS_MAX {
             return Err(ProjectionError::BatchTooLarge {
                 events: events.len(),
-                max: APPLY_BATCH_EVENTS_MAX,
+                max: LIVE_APPLY_EVENTS_MAX,
             });
         }
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let checkpoint = self.checkpoint()?;
         let Some(last) = events.last() else {
             return Ok(checkpoint);
         };
         assert_positions_increase(checkpoint, events);
-        let mut applier = apply::BatchApplier::new(&self.tree, self.packs(), true);
-        for event in events {
-            applier.apply(event)?;
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut fold = apply::BatchApplier::new(&self.tree, self.packs(), true);
+            let mut taken = 0;
+            for event in rest {
+                fold.apply(event)?;
+                taken += 1;
+                if budget.batch_is_full(&fold) {
+                    break;
+                }
+            }
+            self.write_live(&mut writer, fold, rest[taken - 1].position, budget)?;
+            rest = &rest[taken..];
         }
-        let (batch, changes) = applier.finish(last.position);
-        self.tree.apply_batch(batch)?;
+        self.retire_packs(&mut writer)?;
+        Ok(last.position)
+    }
+
+    /// Writes one live batch with its checkpoint in one atomic sled write: as plain keys,
+    /// or, when enough of its entries may go to a pack, their pack's blocks first (nothing
+    /// reads them before its directory key is written) and then the plain keys with the
+    /// pack's directory key and the checkpoint.
+    fn write_live(
+        &self,
+        writer: &mut PackWriter,
+        fold: apply::BatchApplier,
+        checkpoint: u64,
+        budget: &LiveBudget,
+    ) -> Result<(), ProjectionError> {
+        let apply::LiveWrites {
+            packed,
+            mut plain,
+            changes,
+        } = fold.finish_live();
+        let mut published = None;
+        if packed.len() >= budget.pack_entries_min {
+            let current = self.packs();
+            let mut list = current.prefix(current.len());
+            let id = current.last().map_or(1, |newest| newest + 1);
+            let (count, filter) = packs::write_blocks(&self.tree, id, packed.into_iter().map(Ok))?;
+            plain.push((packs::directory_key(id), Some(count.to_be_bytes().to_vec())));
+            list.push(id, filter);
+            published = Some(list);
+        } else {
+            plain.extend(packed.into_iter().map(|(key, value)| (key, Some(value))));
+        }
+        self.tree
+            .apply_batch(apply::checkpoint_batch(plain, checkpoint))?;
+        if let Some(ids) = published {
+            // Before the member lists change and the checkpoint is published, so that a
+            // reader waiting for this position reads the pack.
+            self.publish_packs(writer, ids);
+            self.merge_live_packs(writer, budget)?;
+        }
         // The in-memory member lists follow only after the write, so a reader that loads
         // a list meanwhile sees the stored state and these idempotent changes fix it up.
         // They follow before the checkpoint is published, so a reader waiting for this
         // position (read-your-writes) finds them in the lists.
         self.members.apply(&changes);
-        Ok(last.position)
+        Ok(())
+    }
+
+    fn publish_packs(&self, writer: &mut PackWriter, list: packs::PackList) {
+        let replaced = std::mem::replace(
+            &mut *self.packs.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(list),
+        );
+        writer.replaced.push(replaced);
+    }
+
+    /// Merges the newest packs while `packs::live_merge_start` says so. The merged pack
+    /// takes the newest id and the place of the packs it replaces, which are retired:
+    /// their directory keys go and their `0f` keys come in the same atomic write as the
+    /// merged pack's directory key, and their blocks stay until no reader holds them.
+    /// Tombstones are dropped only when the oldest pack is merged: nothing below is left
+    /// for them to hide, and the plain keys are above every pack.
+    fn merge_live_packs(
+        &self,
+        writer: &mut PackWriter,
+        budget: &LiveBudget,
+    ) -> Result<(), ProjectionError> {
+        loop {
+            let directory = packs::load_directory(&self.tree)?;
+            let sizes: Vec<u64> = directory.iter().map(|(_, count)| *count).collect();
+            let Some(start) = packs::live_merge_start(&sizes, budget.packs_max) else {
+                return Ok(());
+            };
+            let ids: Vec<u32> = directory.iter().map(|(id, _)| *id).collect();
+            let current = self.packs();
+            assert_eq!(
+                ids[..],
+                current[..],
+                "the pack directory and the published packs agree"
+            );
+            let into = ids.last().expect("two packs or more to merge") + 1;
+            let (count, filter) = packs::merge_into(&self.tree, &ids[start..], into, start == 0)?;
+            let mut batch = sled::Batch::default();
+            batch.insert(packs::directory_key(into), count.to_be_bytes().to_vec());
+            for id in &ids[start..] {
+                batch.remove(packs::directory_key(*id));
+                batch.insert(packs::retired_key(*id), Vec::new());
+            }
+            self.tree.apply_batch(batch)?;
+            writer.retired.extend_from_slice(&ids[start..]);
+            let mut merged = current.prefix(start);
+            merged.push(into, filter);
+            self.publish_packs(writer, merged);
+        }
+    }
+
+    /// Removes the blocks of retired packs that no reader can reach: no list of pack ids
+    /// that names them is held any more (readers hold the list they started with).
+    fn retire_packs(&self, writer: &mut PackWriter) -> Result<(), ProjectionError> {
+        writer.replaced.retain(|list| Arc::strong_count(list) > 1);
+        let mut kept = Vec::new();
+        for id in std::mem::take(&mut writer.retired) {
+            if writer.replaced.iter().any(|list| list.contains(&id)) {
+                kept.push(id);
+                continue;
+            }
+            packs::remove_blocks(&self.tree, id)?;
+            self.tree.remove(packs::retired_key(id))?;
+        }
+        writer.retired = kept;
+        Ok(())
     }
 
     fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
@@ -328,6 +516,7 @@ pub struct Projections {
     current: RwLock<Arc<Generation>>,
     schema_version: u32,
     checkpoint: watch::Sender<u64>,
+    live_budget: LiveBudget,
 }
 
 /// Checks that `events` come after position `applied` in strictly increasing order and
@@ -476,19 +665,20 @@ impl Rebuild {
         checkpoint: u64,
     ) -> Result<(), ProjectionError> {
         let tree = &self.generation.tree;
-        let mut ids = Vec::clone(&self.generation.packs());
+        let current = self.generation.packs();
+        let mut list = current.prefix(current.len());
         let (packed, plain): (Vec<_>, Vec<_>) = writes
             .into_iter()
             .partition(|(key, _)| packs::is_packed_key(key));
         let mut directory = Vec::new();
         if !packed.is_empty() {
-            let id = ids.last().map_or(1, |last| last + 1);
+            let id = list.last().map_or(1, |last| last + 1);
             let entries = packed
                 .into_iter()
                 .map(|(key, value)| Ok((key, value.unwrap_or_else(|| packs::TOMBSTONE.to_vec()))));
-            let count = packs::write_blocks(tree, id, entries)?;
+            let (count, filter) = packs::write_blocks(tree, id, entries)?;
             directory.push((packs::directory_key(id), Some(count.to_be_bytes().to_vec())));
-            ids.push(id);
+            list.push(id, filter);
         }
         let bulk = plain
             .len()
@@ -501,11 +691,12 @@ impl Rebuild {
             };
         }
         tree.apply_batch(apply::checkpoint_batch(plain.chain(directory), checkpoint))?;
-        if ids.len() > packs::PACKS_MAX {
+        if list.len() > packs::PACKS_MAX {
             // Merging every pack: a rebuild writes no plain member keys, so nothing older
             // is left for a tombstone to hide, and they go.
+            let ids = list.to_vec();
             let into = ids.last().expect("more than PACKS_MAX") + 1;
-            let count = packs::merge_into(tree, &ids, into, true)?;
+            let (count, filter) = packs::merge_into(tree, &ids, into, true)?;
             let mut batch = sled::Batch::default();
             batch.insert(packs::directory_key(into), count.to_be_bytes().to_vec());
             for id in &ids {
@@ -515,13 +706,14 @@ impl Rebuild {
             for id in &ids {
                 packs::remove_blocks(tree, *id)?;
             }
-            ids = vec![into];
+            list = packs::PackList::default();
+            list.push(into, filter);
         }
         *self
             .generation
             .packs
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(ids);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(list);
         Ok(())
     }
 
@@ -640,6 +832,7 @@ impl Projections {
             current: RwLock::new(Arc::new(current)),
             schema_version,
             checkpoint: watch::Sender::new(checkpoint),
+            live_budget: LiveBudget::default(),
         })
     }
 
@@ -667,11 +860,24 @@ impl Projections {
         self.generation().checkpoint()
     }
 
-    /// Applies the next events of the log atomically with the checkpoint (AUD-6) and
-    /// returns the new checkpoint. Positions must be strictly greater than the checkpoint
-    /// and strictly increasing: anything else is a projector bug and panics.
+    /// These projections with another live budget (tests use tiny ones to put packs,
+    /// merges and batch boundaries everywhere).
+    pub fn with_live_budget(mut self, budget: LiveBudget) -> Self {
+        assert!(
+            budget.batch_events_max > 0 && budget.dense_batch_events_max > 0,
+            "a live batch holds at least one event"
+        );
+        assert!(budget.packs_max > 0, "a generation may hold a pack");
+        self.live_budget = budget;
+        self
+    }
+
+    /// Applies the next events of the log (up to `LIVE_APPLY_EVENTS_MAX`) and returns the
+    /// new checkpoint. They are written in atomic batches, each with its checkpoint
+    /// (AUD-6), split by the `LiveBudget`. Positions must be strictly greater than the
+    /// checkpoint and strictly increasing: anything else is a projector bug and panics.
     pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
-        let checkpoint = self.generation().apply_batch(events)?;
+        let checkpoint = self.generation().apply_batch(events, &self.live_budget)?;
         self.checkpoint.send_replace(checkpoint);
         Ok(checkpoint)
     }
@@ -768,5 +974,153 @@ impl Projections {
         }
         self.checkpoint.send_replace(rebuilt);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::events::{LicenseIssued, UserAdded};
+    use domain::{Actor, Email, LicenseId, LicenseType, Role, Secret, Source};
+
+    fn event(position: u64, event: Event) -> ProjectedEvent {
+        let at = DateTime::parse_from_rfc3339("2026-09-01T08:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        ProjectedEvent {
+            position,
+            stream: "license-L1".into(),
+            revision: position,
+            recorded_at: at,
+            actor: Actor::Staff,
+            event,
+        }
+    }
+
+    fn issued() -> ProjectedEvent {
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        event(
+            1,
+            Event::LicenseIssued(Box::new(LicenseIssued {
+                license: LicenseId::parse("L1").unwrap(),
+                license_type: LicenseType::School,
+                seats: 100,
+                valid_from: at,
+                valid_until: at + chrono::Duration::days(365),
+                admins: Vec::new(),
+                key: Secret::new("k".repeat(32)).unwrap(),
+                link: None,
+                auto_enrollment: false,
+            })),
+        )
+    }
+
+    fn added(position: u64) -> ProjectedEvent {
+        event(
+            position,
+            Event::UserAdded(UserAdded {
+                email: Email::parse(&format!("user{position}@north.edu")).unwrap(),
+                source: Source::Email,
+                role: Role::Other,
+                ou_path: None,
+            }),
+        )
+    }
+
+    fn blocks_of(tree: &sled::Tree, id: u32) -> usize {
+        let mut prefix = vec![packs::PREFIX_PACK_BLOCK];
+        prefix.extend_from_slice(&id.to_be_bytes());
+        tree.scan_prefix(prefix).count()
+    }
+
+    #[test]
+    fn a_merged_pack_keeps_its_blocks_while_a_reader_holds_a_list_naming_it() {
+        // AUD-5: a query that started on the packs before a merge reads them to its end;
+        // the blocks go once nobody holds them, and their retired key with them.
+        let directory = tempfile::tempdir().unwrap();
+        let projections = Projections::open(directory.path())
+            .unwrap()
+            .with_live_budget(LiveBudget {
+                batch_events_max: 1,
+                dense_events_per_plain_key_min: 0,
+                dense_batch_events_max: 1_000,
+                pack_entries_min: 1,
+                packs_max: 1,
+            });
+        projections
+            .apply_batch(&[issued(), added(2), added(3)])
+            .unwrap();
+        let generation = projections.generation();
+        let held = generation.packs();
+        assert_eq!(held.to_vec(), vec![1]);
+        let member_key = keys::pair(keys::PREFIX_MEMBER, b"L1", b"user2@north.edu");
+        projections.apply_batch(&[added(4), added(5)]).unwrap();
+        // Pack 2 was merged with pack 1 into pack 3 at once; only the held list names 1.
+        assert_eq!(generation.packs().to_vec(), vec![3]);
+        assert!(blocks_of(&generation.tree, 1) > 0);
+        assert_eq!(blocks_of(&generation.tree, 2), 0);
+        assert!(generation.tree.contains_key(packs::retired_key(1)).unwrap());
+        assert!(
+            packs::get(&generation.tree, &held, &member_key)
+                .unwrap()
+                .value
+                .is_some()
+        );
+        drop(held);
+        projections.apply_batch(&[added(6), added(7)]).unwrap();
+        assert_eq!(generation.packs().to_vec(), vec![5]);
+        for id in 1..5 {
+            assert_eq!(blocks_of(&generation.tree, id), 0, "pack {id}");
+            assert!(
+                !generation
+                    .tree
+                    .contains_key(packs::retired_key(id))
+                    .unwrap()
+            );
+        }
+        let members = packs::scan_prefix(
+            &generation.tree,
+            &generation.packs(),
+            &keys::scope(keys::PREFIX_MEMBER, b"L1"),
+        )
+        .unwrap()
+        .count();
+        assert_eq!(members, 6);
+    }
+
+    #[test]
+    fn open_removes_retired_packs_and_blocks_no_directory_names() {
+        // AUD-6: a process that stopped between a pack's blocks and its directory key, or
+        // before a retired pack's blocks were removed, leaves nothing a reader can reach.
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let projections = Projections::open(directory.path())
+                .unwrap()
+                .with_live_budget(LiveBudget {
+                    pack_entries_min: 1,
+                    ..LiveBudget::default()
+                });
+            projections
+                .apply_batch(&[issued(), added(2), added(3)])
+                .unwrap();
+            let tree = &projections.generation().tree;
+            assert_eq!(projections.generation().packs().to_vec(), vec![1]);
+            // A retired pack 0's blocks, and pack 2's blocks without a directory key.
+            let stray = keys::pair(keys::PREFIX_MEMBER, b"L1", b"ghost@north.edu");
+            for id in [0, 2] {
+                packs::write_blocks(tree, id, [Ok((stray.clone(), b"x".to_vec()))]).unwrap();
+            }
+            tree.insert(packs::retired_key(0), Vec::new()).unwrap();
+            projections.db.flush().unwrap();
+        }
+        let projections = Projections::open(directory.path()).unwrap();
+        let generation = projections.generation();
+        assert_eq!(blocks_of(&generation.tree, 0), 0);
+        assert_eq!(blocks_of(&generation.tree, 2), 0);
+        assert!(blocks_of(&generation.tree, 1) > 0);
+        assert!(!generation.tree.contains_key(packs::retired_key(0)).unwrap());
+        assert_eq!(generation.packs().to_vec(), vec![1]);
     }
 }

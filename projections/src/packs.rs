@@ -32,6 +32,9 @@ use crate::keys::{PREFIX_HISTORY_USER, PREFIX_MEMBER, PREFIX_USER_LICENSE, prefi
 pub(crate) const PREFIX_PACK_BLOCK: u8 = 0x0d;
 /// The packs of a generation: `0e`, pack id -> number of entries.
 pub(crate) const PREFIX_PACK_DIRECTORY: u8 = 0x0e;
+/// Packs a live merge replaced whose blocks are not removed yet: `0f`, pack id -> nothing.
+/// A query may still read them (`Generation::retire_packs`); `open` removes what is left.
+pub(crate) const PREFIX_PACK_RETIRED: u8 = 0x0f;
 /// The most entries of one block. 64 entries of about 100 bytes make a 6 KiB value: sled
 /// writes that about as fast per key as a small one, and a point lookup decodes one block.
 pub(crate) const PACK_BLOCK_ENTRIES_MAX: usize = 64;
@@ -51,6 +54,137 @@ fn is_tombstone(value: &[u8]) -> bool {
 
 /// A plain key and its value.
 pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
+/// A generation's packs, oldest first. Readers hold the list they started with until
+/// they are done: a pack a merge replaced keeps its blocks while any list naming it is
+/// held (`Generation::retire_packs`).
+pub(crate) type PackIds = std::sync::Arc<PackList>;
+
+/// Pack ids, oldest first (it reads as a slice of them), each with the filter of its
+/// member record keys.
+#[derive(Default)]
+pub(crate) struct PackList {
+    ids: Vec<u32>,
+    filters: Vec<std::sync::Arc<MemberFilter>>,
+}
+
+impl std::ops::Deref for PackList {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+impl PackList {
+    /// The packs of a stored generation, with their filters read from their blocks.
+    pub(crate) fn load(tree: &sled::Tree) -> Result<Self, ProjectionError> {
+        let mut list = Self::default();
+        for id in load_ids(tree)? {
+            let mut keys = MemberKeys::default();
+            for item in tree.scan_prefix(pack_prefix(id)) {
+                let (key, block) = item?;
+                let mut reader = BlockEntries::new(&key[5..], &block)?;
+                while let Some((entry, _)) = reader.next_entry()? {
+                    keys.add(entry);
+                }
+            }
+            list.push(id, keys.into_filter());
+        }
+        Ok(list)
+    }
+
+    /// The first `count` packs.
+    pub(crate) fn prefix(&self, count: usize) -> Self {
+        Self {
+            ids: self.ids[..count].to_vec(),
+            filters: self.filters[..count].to_vec(),
+        }
+    }
+
+    /// These packs and one more, newer than all of them.
+    pub(crate) fn push(&mut self, id: u32, filter: MemberFilter) {
+        assert!(
+            self.ids.last().is_none_or(|newest| *newest < id),
+            "a new pack is newer than every pack"
+        );
+        self.ids.push(id);
+        self.filters.push(std::sync::Arc::new(filter));
+    }
+
+    fn newest_first(&self) -> impl Iterator<Item = (u32, &MemberFilter)> {
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.filters.iter().map(|filter| &**filter))
+            .rev()
+    }
+}
+
+/// A Bloom filter of a pack's member record keys (tombstones included): a point lookup of
+/// a member skips the packs that cannot hold it. Without it, adding a new member read one
+/// block of every pack (a sled range read and a scan of up to 64 entries each), which was
+/// most of a live import's cost. About 1% false positives at `FILTER_BITS_PER_KEY`.
+pub(crate) struct MemberFilter {
+    bits: Vec<u64>,
+}
+
+/// Bits of a member filter per key: 10 bits and 7 probes give about 1% false positives.
+const FILTER_BITS_PER_KEY: usize = 10;
+const FILTER_PROBES: u64 = 7;
+
+fn filter_hash(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // SipHash with fixed keys: the same on every run, and well mixed.
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
+}
+
+impl MemberFilter {
+    fn probes(&self, hash: u64) -> impl Iterator<Item = (usize, u64)> + use<> {
+        let length = self.bits.len() as u64 * 64;
+        // Double hashing (Kirsch and Mitzenmacher): probe i at h1 + i * h2.
+        let step = hash.rotate_left(32) | 1;
+        (0..FILTER_PROBES).map(move |probe| {
+            let bit = hash.wrapping_add(probe.wrapping_mul(step)) % length;
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    /// Whether the pack may hold `key`; `false` means it does not.
+    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+        self.probes(filter_hash(key))
+            .all(|(word, mask)| self.bits[word] & mask != 0)
+    }
+}
+
+/// The hashes of the member record keys of a pack being written or read.
+#[derive(Default)]
+pub(crate) struct MemberKeys {
+    hashes: Vec<u64>,
+}
+
+impl MemberKeys {
+    pub(crate) fn add(&mut self, key: &[u8]) {
+        if key.first() == Some(&PREFIX_MEMBER) {
+            self.hashes.push(filter_hash(key));
+        }
+    }
+
+    pub(crate) fn into_filter(self) -> MemberFilter {
+        let words = (self.hashes.len() * FILTER_BITS_PER_KEY)
+            .div_ceil(64)
+            .max(1);
+        let mut filter = MemberFilter {
+            bits: vec![0; words],
+        };
+        for hash in self.hashes {
+            for (word, mask) in filter.probes(hash) {
+                filter.bits[word] |= mask;
+            }
+        }
+        filter
+    }
+}
 
 /// Whether a plain key belongs to a read model that packs hold.
 pub(crate) fn is_packed_key(key: &[u8]) -> bool {
@@ -78,17 +212,89 @@ pub(crate) fn directory_key(id: u32) -> Vec<u8> {
     key
 }
 
+pub(crate) fn retired_key(id: u32) -> Vec<u8> {
+    let mut key = vec![PREFIX_PACK_RETIRED];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn id_of(key: &[u8]) -> Result<u32, ProjectionError> {
+    let id: [u8; 4] = key[1..]
+        .try_into()
+        .map_err(|_| corrupt("a pack directory key is not 4 bytes"))?;
+    Ok(u32::from_be_bytes(id))
+}
+
 /// The ids of a generation's packs, oldest first, from its directory.
 pub(crate) fn load_ids(tree: &sled::Tree) -> Result<Vec<u32>, ProjectionError> {
-    let mut ids = Vec::new();
+    Ok(load_directory(tree)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// The packs of a generation, oldest first, with their number of entries.
+pub(crate) fn load_directory(tree: &sled::Tree) -> Result<Vec<(u32, u64)>, ProjectionError> {
+    let mut packs = Vec::new();
     for item in tree.scan_prefix([PREFIX_PACK_DIRECTORY]) {
-        let (key, _) = item?;
-        let id: [u8; 4] = key[1..]
+        let (key, value) = item?;
+        let count: [u8; 8] = value
+            .as_ref()
             .try_into()
-            .map_err(|_| corrupt("a pack directory key is not 4 bytes"))?;
-        ids.push(u32::from_be_bytes(id));
+            .map_err(|_| corrupt("a pack's number of entries is not 8 bytes"))?;
+        packs.push((id_of(&key)?, u64::from_be_bytes(count)));
     }
-    Ok(ids)
+    Ok(packs)
+}
+
+/// Removes what no reader can reach any more, before a generation answers: the blocks of
+/// retired packs, and blocks above the newest pack in the directory, which a pack or a
+/// merge left when the process stopped before its directory key was written. Every new
+/// pack takes the id after the newest, so such blocks are always above it.
+pub(crate) fn remove_unreachable(tree: &sled::Tree) -> Result<(), ProjectionError> {
+    let mut retired = Vec::new();
+    for item in tree.scan_prefix([PREFIX_PACK_RETIRED]) {
+        let (key, _) = item?;
+        retired.push(id_of(&key)?);
+    }
+    for id in retired {
+        remove_blocks(tree, id)?;
+        tree.remove(retired_key(id))?;
+    }
+    let above = load_ids(tree)?.last().map_or(0, |newest| newest + 1);
+    let mut lower = vec![PREFIX_PACK_BLOCK];
+    lower.extend_from_slice(&above.to_be_bytes());
+    for item in tree.range(lower..vec![PREFIX_PACK_BLOCK + 1]) {
+        let (key, _) = item?;
+        tree.remove(key)?;
+    }
+    Ok(())
+}
+
+/// Which of the newest live packs to merge into one, as the index of the oldest of them,
+/// or `None`. Sizes are entries, oldest first. The newest packs are merged while the pack
+/// below them is no larger than they are together, like the carries of a binary counter:
+/// each entry is rewritten about log2(packs written) times, and the number of packs stays
+/// about log2 of that. Above `packs_max` packs the newest two are merged whatever their
+/// sizes, since every point lookup reads one block of each pack.
+pub(crate) fn live_merge_start(sizes: &[u64], packs_max: usize) -> Option<usize> {
+    let count = sizes.len();
+    if count < 2 {
+        return None;
+    }
+    let mut start = count - 1;
+    let mut merged = sizes[start];
+    while start > 0 && sizes[start - 1] <= merged {
+        start -= 1;
+        merged += sizes[start];
+    }
+    if start < count - 1 {
+        Some(start)
+    } else if count > packs_max {
+        Some(count - 2)
+    } else {
+        None
+    }
 }
 
 fn corrupt(reason: &str) -> ProjectionError {
@@ -192,12 +398,14 @@ fn decode_block(first: &[u8], block: &[u8]) -> Result<Vec<Entry>, ProjectionErro
 /// Writes one pack: `entries` in strictly increasing key order (plain keys of packed read
 /// models, `TOMBSTONE` for a removal), in blocks, each a single sled insert.
 /// The pack is not read until its directory key is written, which the caller does (with
-/// the checkpoint it belongs to). Returns the number of entries.
+/// the checkpoint it belongs to). Returns the number of entries and the filter of their
+/// member record keys.
 pub(crate) fn write_blocks(
     tree: &sled::Tree,
     id: u32,
     entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), ProjectionError>>,
-) -> Result<u64, ProjectionError> {
+) -> Result<(u64, MemberFilter), ProjectionError> {
+    let mut member_keys = MemberKeys::default();
     let mut block: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(PACK_BLOCK_ENTRIES_MAX);
     let mut block_bytes = 0usize;
     let mut written = 0u64;
@@ -220,6 +428,7 @@ pub(crate) fn write_blocks(
             "pack entries must strictly increase"
         );
         last = Some(key.clone());
+        member_keys.add(&key);
         if block.len() >= PACK_BLOCK_ENTRIES_MAX
             || (!block.is_empty() && block_bytes + key.len() + value.len() > PACK_BLOCK_BYTES_MAX)
         {
@@ -231,7 +440,7 @@ pub(crate) fn write_blocks(
         written += 1;
     }
     flush(&mut block)?;
-    Ok(written)
+    Ok((written, member_keys.into_filter()))
 }
 
 /// Removes every block of a pack (its directory key is the caller's).
@@ -251,6 +460,9 @@ pub(crate) struct Lookup {
     /// Whether some pack holds a live value for the key, so that removing it needs a
     /// tombstone in the plain keys rather than a removal.
     pub held_by_pack: bool,
+    /// Whether the plain layer has the key (a value or a tombstone). A later write of the
+    /// key must then stay a plain key: a new pack below it would be hidden by it.
+    pub plain: bool,
 }
 
 /// The entry of one pack for a key: `Some(value)` (empty: a tombstone) or `None`.
@@ -282,7 +494,16 @@ fn find_in_block<'a>(
 }
 
 /// A plain key of a packed read model through every layer.
-pub(crate) fn get(tree: &sled::Tree, packs: &[u32], key: &[u8]) -> Result<Lookup, ProjectionError> {
+pub(crate) fn get(
+    tree: &sled::Tree,
+    packs: &PackList,
+    key: &[u8],
+) -> Result<Lookup, ProjectionError> {
+    assert_eq!(
+        key.first(),
+        Some(&PREFIX_MEMBER),
+        "point lookups through the packs are of member records, which their filters hold"
+    );
     let plain = tree.get(key)?;
     let mut lookup = Lookup {
         value: plain
@@ -290,9 +511,13 @@ pub(crate) fn get(tree: &sled::Tree, packs: &[u32], key: &[u8]) -> Result<Lookup
             .filter(|value| !is_tombstone(value))
             .map(|value| value.to_vec()),
         held_by_pack: false,
+        plain: plain.is_some(),
     };
-    for id in packs.iter().rev() {
-        if let Some(value) = pack_get(tree, *id, key)? {
+    for (id, filter) in packs.newest_first() {
+        if !filter.may_contain(key) {
+            continue;
+        }
+        if let Some(value) = pack_get(tree, id, key)? {
             lookup.held_by_pack = !is_tombstone(&value);
             if plain.is_none() {
                 lookup.value = (!is_tombstone(&value)).then_some(value);
@@ -420,6 +645,8 @@ impl Source {
 /// The entries of a packed read model in a key range, through every layer: each key once,
 /// with its newest value, removed ones left out. Both bounds must lie in one read model.
 pub(crate) struct Merged {
+    /// Held while the merge reads, so that no pack it reads is retired meanwhile.
+    _packs: PackIds,
     /// The plain keys first, then the packs newest first: on equal keys the first wins.
     sources: Vec<Source>,
     heads: Vec<Option<Entry>>,
@@ -430,7 +657,7 @@ pub(crate) struct Merged {
 impl Merged {
     pub(crate) fn new(
         tree: &sled::Tree,
-        packs: &[u32],
+        packs: &PackIds,
         lower: Bound<Vec<u8>>,
         upper: Bound<Vec<u8>>,
         descending: bool,
@@ -448,6 +675,7 @@ impl Merged {
         }
         let heads = sources.iter().map(|_| None).collect();
         Ok(Self {
+            _packs: PackIds::clone(packs),
             sources,
             heads,
             started: false,
@@ -513,7 +741,7 @@ impl Iterator for Merged {
 /// The entries under a key prefix of a packed read model, ascending.
 pub(crate) fn scan_prefix(
     tree: &sled::Tree,
-    packs: &[u32],
+    packs: &PackIds,
     prefix: &[u8],
 ) -> Result<Merged, ProjectionError> {
     let upper = prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
@@ -523,13 +751,13 @@ pub(crate) fn scan_prefix(
 /// Merges packs into one new pack `into` (a rebuild's; nothing reads them meanwhile):
 /// every key once with its newest value. Tombstones are kept unless `drop_tombstones`
 /// (allowed when the merged packs are all the generation has, so nothing older remains
-/// for a tombstone to hide). Returns the number of entries written.
+/// for a tombstone to hide). Returns the number of entries written and their filter.
 pub(crate) fn merge_into(
     tree: &sled::Tree,
     packs: &[u32],
     into: u32,
     drop_tombstones: bool,
-) -> Result<u64, ProjectionError> {
+) -> Result<(u64, MemberFilter), ProjectionError> {
     let mut sources: Vec<PackCursor> = packs
         .iter()
         .rev()
@@ -608,8 +836,9 @@ mod tests {
             .iter()
             .map(|(email, value)| Ok((member(email), stored(value))))
             .collect();
-        write_blocks(tree, id, entries).unwrap();
-        tree.insert(directory_key(id), &[]).unwrap();
+        let (count, _) = write_blocks(tree, id, entries).unwrap();
+        tree.insert(directory_key(id), &count.to_be_bytes())
+            .unwrap();
     }
 
     fn emails(entries: impl Iterator<Item = Result<Entry, ProjectionError>>) -> Vec<String> {
@@ -638,6 +867,32 @@ mod tests {
     }
 
     #[test]
+    fn a_member_filter_holds_every_key_it_was_given_and_few_others() {
+        // AUD-5: a filter that said no to a key its pack holds would hide a member; one that
+        // said yes to most keys would read every pack again.
+        let mut keys = MemberKeys::default();
+        for index in 0..10_000 {
+            keys.add(&member(&format!("held{index}")));
+            // Other read models are not looked up through the filter and stay out of it.
+            keys.add(&[PREFIX_USER_LICENSE, index as u8]);
+        }
+        let filter = keys.into_filter();
+        assert!((0..10_000).all(|index| filter.may_contain(&member(&format!("held{index}")))));
+        let false_positives = (0..10_000)
+            .filter(|index| filter.may_contain(&member(&format!("other{index}"))))
+            .count();
+        assert!(
+            false_positives < 300,
+            "{false_positives} of 10,000 absent keys passed the filter"
+        );
+        assert!(
+            !MemberKeys::default()
+                .into_filter()
+                .may_contain(&member("anyone"))
+        );
+    }
+
+    #[test]
     fn newer_layers_hide_older_ones_and_tombstones_hide_entries() {
         // AUD-5: a rebuilt generation's packs and the live keys over them read as one
         // read model.
@@ -651,8 +906,8 @@ mod tests {
         tree.insert(member("a"), TOMBSTONE).unwrap();
         tree.insert(member("d"), &b"d0"[..]).unwrap();
         tree.insert(member("f"), &b"f0"[..]).unwrap();
-        let ids = load_ids(&tree).unwrap();
-        assert_eq!(ids, vec![1, 2]);
+        let ids = PackIds::new(PackList::load(&tree).unwrap());
+        assert_eq!(ids.to_vec(), vec![1, 2]);
         let all = |descending| {
             emails(
                 Merged::new(
@@ -671,28 +926,32 @@ mod tests {
             get(&tree, &ids, &member("a")).unwrap(),
             Lookup {
                 value: None,
-                held_by_pack: true
+                held_by_pack: true,
+                plain: true
             }
         );
         assert_eq!(
             get(&tree, &ids, &member("c")).unwrap(),
             Lookup {
                 value: None,
-                held_by_pack: false
+                held_by_pack: false,
+                plain: false
             }
         );
         assert_eq!(
             get(&tree, &ids, &member("d")).unwrap(),
             Lookup {
                 value: Some(b"d0".to_vec()),
-                held_by_pack: true
+                held_by_pack: true,
+                plain: true
             }
         );
         assert_eq!(
             get(&tree, &ids, &member("f")).unwrap(),
             Lookup {
                 value: Some(b"f0".to_vec()),
-                held_by_pack: false
+                held_by_pack: false,
+                plain: true
             }
         );
         // The merge of both packs alone: the newer pack's values and tombstones win, and
@@ -782,7 +1041,7 @@ mod tests {
             }
             layers.push(plain);
             let view = model(&layers);
-            let ids = load_ids(&tree).unwrap();
+            let ids = PackIds::new(PackList::load(&tree).unwrap());
             for _ in 0..40 {
                 let (mut from, mut to) = (random(520), random(520));
                 if from > to {

@@ -4,7 +4,6 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::query::EmailPattern;
@@ -263,7 +262,7 @@ struct Collector<'a> {
     pattern: Option<&'a EmailPattern>,
     tree: &'a sled::Tree,
     /// The generation's packs, oldest first.
-    packs: Arc<Vec<u32>>,
+    packs: packs::PackIds,
     rows: Vec<Row>,
     limit: usize,
 }
@@ -963,7 +962,7 @@ fn cached_email_order(
 ) -> Result<(), ProjectionError> {
     let joined = generation.members.current(
         &generation.tree,
-        &generation.packs(),
+        || generation.packs(),
         collector.request.license.as_str(),
     )?;
     let request = collector.request;
@@ -1055,7 +1054,7 @@ fn cached_sorted(
 ) -> Result<(), ProjectionError> {
     let joined = generation.members.current(
         &generation.tree,
-        &generation.packs(),
+        || generation.packs(),
         collector.request.license.as_str(),
     )?;
     let request = collector.request;

@@ -15,7 +15,7 @@ use domain::{
     ScannedAccount, Secret, Source, Status,
 };
 use projections::{
-    Bucket, ListUsersRequest, ProjectedEvent, Projections, RebuildBudget, SortColumn,
+    Bucket, ListUsersRequest, LiveBudget, ProjectedEvent, Projections, RebuildBudget, SortColumn,
 };
 use proptest::prelude::*;
 use support::*;
@@ -203,6 +203,34 @@ fn rebuild_budget() -> impl Strategy<Value = RebuildBudget> {
                 chunk_events_max,
                 chunk_bytes_max,
                 checkpoint_batch_keys_max,
+            },
+        )
+}
+
+/// Live budgets that put batch boundaries, packs and merges everywhere: batches of one
+/// event or a few, dense ones (every batch, when a plain key per event is allowed) up to a
+/// few dozen events, packs of any size or none, and few packs before merges.
+fn live_budget() -> impl Strategy<Value = LiveBudget> {
+    (
+        1usize..6,
+        prop_oneof![Just(0usize), Just(1), Just(16)],
+        1usize..40,
+        prop_oneof![1 => Just(1usize), 4 => 2usize..8, 1 => Just(usize::MAX)],
+        1usize..5,
+    )
+        .prop_map(
+            |(
+                batch_events_max,
+                dense_events_per_plain_key_min,
+                dense_batch_events_max,
+                pack_entries_min,
+                packs_max,
+            )| LiveBudget {
+                batch_events_max,
+                dense_events_per_plain_key_min,
+                dense_batch_events_max,
+                pack_entries_min,
+                packs_max,
             },
         )
 }
@@ -511,30 +539,35 @@ proptest! {
     }
 
     #[test]
-    fn live_batches_over_a_rebuilt_generation_of_packs_read_as_live_projections_alone(
+    fn live_batches_and_live_packs_over_a_rebuilt_generation_of_packs_read_as_plain_live_projections(
         types in (prop::sample::select(LicenseType::ALL.to_vec()), prop::sample::select(LicenseType::ALL.to_vec())),
         seats in 1u32..6,
         steps in prop::collection::vec(step(), 0..STEPS_PER_CASE_MAX),
         sizes in prop::collection::vec(1usize..9, 1..4),
+        live_sizes in prop::collection::vec(1usize..40, 1..4),
         budget in rebuild_budget(),
+        live_budget in live_budget(),
         cut in 0.0f64..1.0,
         queries in prop::collection::vec(query(), 1..4),
     ) {
         // AUD-5 Q-2 Q-3 Q-6: a rebuild leaves its members in packs; the live projector then
-        // writes over them (changes, removals as tombstones, members added again). Every
-        // answer and the digest equal those of projections that were only ever live, and
-        // stay so after a reopen.
+        // writes over them (changes, removals as tombstones, members added again) and, by
+        // its live budget, writes packs of its own and merges them. Every answer and the
+        // digest equal those of projections that were only ever live in batches of plain
+        // keys, and stay so after a reopen.
         let world = history(types, seats, steps);
-        let live = Projections::open_temporary().unwrap();
+        let live = Projections::open_temporary()
+            .unwrap()
+            .with_live_budget(LiveBudget { pack_entries_min: usize::MAX, ..LiveBudget::default() });
         apply_in_batches(&live, &world.events, &sizes);
         let cut = (cut * world.events.len() as f64) as usize;
         let directory = tempfile::tempdir().unwrap();
         {
-            let target = Projections::open(directory.path()).unwrap();
+            let target = Projections::open(directory.path()).unwrap().with_live_budget(live_budget);
             let rebuild = target.begin_rebuild_with_budget(budget).unwrap();
             apply_in_batches_to(|batch| rebuild.apply_batch(batch).map(|_| ()), &world.events[..cut], &sizes);
             target.finish_rebuild(rebuild).unwrap();
-            apply_in_batches(&target, &world.events[cut..], &sizes);
+            apply_in_batches(&target, &world.events[cut..], &live_sizes);
             prop_assert_eq!(target.digest().unwrap(), live.digest().unwrap());
         }
         let target = Projections::open(directory.path()).unwrap();
@@ -568,9 +601,10 @@ proptest! {
         seats in 1u32..6,
         steps in prop::collection::vec(step(), 0..STEPS_PER_CASE_MAX),
         stops in prop::collection::vec(0.0f64..1.0, 1..4),
-        sizes in prop::collection::vec(1usize..9, 1..4),
+        sizes in prop::collection::vec(1usize..30, 1..4),
+        live_budget in live_budget(),
     ) {
-        // AUD-6 AUD-5 SEAT-1
+        // AUD-6 AUD-5 SEAT-1, with live packs and merges under any live budget.
         let world = history(types, seats, steps);
         let directory = tempfile::tempdir().unwrap();
         let mut stops: Vec<usize> = stops.iter().map(|share| (share * world.events.len() as f64) as usize).collect();
@@ -578,7 +612,7 @@ proptest! {
         stops.sort_unstable();
         for stop in stops {
             // Each round is a process that starts, resumes from the checkpoint, and stops.
-            let projections = Projections::open(directory.path()).unwrap();
+            let projections = Projections::open(directory.path()).unwrap().with_live_budget(live_budget);
             let checkpoint = projections.checkpoint().unwrap();
             let pending: Vec<ProjectedEvent> = world.events[..stop]
                 .iter()

@@ -1011,7 +1011,7 @@ fn oversized_batches_and_unknown_streams_are_refused_whole() {
             .unwrap()
             .is_none()
     );
-    let many = vec![events[0].clone(); projections::APPLY_BATCH_EVENTS_MAX + 1];
+    let many = vec![events[0].clone(); projections::LIVE_APPLY_EVENTS_MAX + 1];
     assert!(matches!(
         projections.apply_batch(&many),
         Err(ProjectionError::BatchTooLarge { .. })
@@ -1273,4 +1273,57 @@ fn pattern_pages_over_many_members_agree_with_the_reference_both_ways() {
         projections.list_users(&request),
         Err(ProjectionError::InvalidPattern(_))
     ));
+}
+
+/// Live projections that write a pack for any batch of at least three entries a pack may
+/// take, with batches of one event unless dense (every batch is, at one plain key per
+/// event), and a merge above two packs.
+fn packing(directory: &std::path::Path) -> Projections {
+    Projections::open(directory)
+        .unwrap()
+        .with_live_budget(projections::LiveBudget {
+            batch_events_max: 1,
+            dense_events_per_plain_key_min: 1,
+            dense_batch_events_max: 1_000,
+            pack_entries_min: 3,
+            packs_max: 2,
+        })
+}
+
+#[test]
+fn a_member_the_plain_layer_holds_stays_plain_when_a_live_pack_is_written() {
+    // AUD-5 Q-2 Q-3: a batch too small for a pack leaves a@ as plain keys; a later batch
+    // that packs b@ and c@ also removes a@. The removal must go where a@'s keys are, or
+    // the older plain keys would hide it.
+    let mut world = World::new();
+    world.issue("L1", LicenseType::School, 10, 70);
+    world.add("L1", Actor::Staff, &["a@north.edu"]);
+    let directory = tempfile::tempdir().unwrap();
+    let projections = packing(directory.path());
+    projections.apply_batch(&world.events).unwrap();
+    let before = world.events.len();
+    world.add("L1", Actor::Staff, &["b@north.edu", "c@north.edu"]);
+    world.remove("L1", &["a@north.edu"]);
+    projections.apply_batch(&world.events[before..]).unwrap();
+    let reference = Projections::open_temporary().unwrap();
+    reference.apply_batch(&world.events).unwrap();
+    assert_eq!(projections.digest().unwrap(), reference.digest().unwrap());
+    assert_eq!(
+        projections
+            .member(&license_id("L1"), &email("a@north.edu"))
+            .unwrap(),
+        None
+    );
+    assert!(
+        projections
+            .licenses_of_user(&email("a@north.edu"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        projections
+            .member(&license_id("L1"), &email("c@north.edu"))
+            .unwrap()
+            .is_some()
+    );
 }

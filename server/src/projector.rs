@@ -12,13 +12,15 @@ use projections::{ProjectedEvent, Projections};
 
 use crate::core::{CoreError, decode};
 
-/// The most events applied in one projection batch. Larger batches are not cheaper per
-/// event: `projections-bench --only spread` (workload 1's events over 1,000 licenses)
-/// applies about 19,000 events/s in batches of 200, 16,000 in batches of 500 and 12,000 in
-/// batches of 1,000 (sled's cost per batch key grows with the batch), and the one-license
-/// import is as fast at 256 as at 1,000. At 1,000, a projector that fell behind took larger,
-/// slower batches and fell further behind, in bursts that widened workload 1's p99.
-pub const PROJECTOR_BATCH_EVENTS_MAX: usize = 256;
+/// The most events the projector hands to the projections at once. While one hand-over is
+/// applied, the next events gather, up to this many: a projector that is far behind (an
+/// import of a million rows) hands over many at once, and the projections write them in
+/// dense batches with packs (`projections::LiveBudget`); one that keeps up hands over a
+/// few. How they are split into atomic batches is the projections' decision: a batch of
+/// many licenses still ends at `projections::LIVE_BATCH_EVENTS_MAX` (256) events, since
+/// larger plain batches cost more per event (`projections-bench --only spread`: about
+/// 19,000 events/s in batches of 200, 12,000 in batches of 1,000).
+pub const PROJECTOR_HANDOVER_EVENTS_MAX: usize = projections::LIVE_APPLY_EVENTS_MAX;
 
 /// The position clients see for a ledger position.
 pub fn api_position(ledger_position: u64) -> u64 {
@@ -85,6 +87,13 @@ type ApplyJob = (
     tokio::sync::oneshot::Sender<Result<(), String>>,
 );
 
+/// The answer to a batch handed over to the apply thread.
+type Answer = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+fn apply_thread_stopped() -> String {
+    "the projector's apply thread stopped".to_owned()
+}
+
 /// The thread that applies the live batches, one at a time, at `PROJECTOR_APPLY_NICE`. A
 /// thread of its own rather than tokio's blocking pool, because a lowered priority cannot
 /// be raised again without privileges and the pool's threads also serve reads.
@@ -116,15 +125,16 @@ impl ApplyThread {
         })
     }
 
-    async fn apply(&self, batch: Vec<ProjectedEvent>) -> Result<(), String> {
-        let stopped = || "the projector's apply thread stopped".to_owned();
+    /// Hands a batch over; the receiver answers once it is applied. The caller waits for
+    /// that answer before it hands over the next one.
+    fn submit(&self, batch: Vec<ProjectedEvent>) -> Result<Answer, String> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
             .as_ref()
-            .ok_or_else(stopped)?
+            .ok_or_else(apply_thread_stopped)?
             .send((batch, answer))
-            .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+            .map_err(|_| apply_thread_stopped())?;
+        Ok(answered)
     }
 
     async fn stop(mut self) {
@@ -212,23 +222,37 @@ async fn follow(
         .subscribe_all(checkpoint)
         .await
         .map_err(|e| e.to_string())?;
+    // One batch is applied while the next gathers: a projector that keeps up hands each
+    // event over as it comes, one that is behind hands over all that came meanwhile.
+    let mut gathering: Vec<ProjectedEvent> = Vec::new();
+    let mut applying: Option<Answer> = None;
+    let mut log_closed = false;
     loop {
-        let Some(first) = subscription.next().await else {
-            return Ok(());
-        };
-        let mut batch =
-            vec![projected(&first.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?];
-        // Take what is already waiting, without waiting for more.
-        while batch.len() < PROJECTOR_BATCH_EVENTS_MAX {
-            let next = tokio::select! {
-                biased;
-                next = subscription.next() => next,
-                () = std::future::ready(()) => None,
-            };
-            let Some(next) = next else { break };
-            batch.push(projected(&next.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?);
+        if applying.is_none() && !gathering.is_empty() {
+            applying = Some(applier.submit(std::mem::take(&mut gathering))?);
         }
-        applier.apply(batch).await?;
+        if log_closed && applying.is_none() {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            answer = async { applying.as_mut().expect("guarded by the condition").await },
+                if applying.is_some() =>
+            {
+                applying = None;
+                answer.map_err(|_| apply_thread_stopped())??;
+            }
+            next = subscription.next(),
+                if !log_closed && gathering.len() < PROJECTOR_HANDOVER_EVENTS_MAX =>
+            {
+                match next {
+                    Some(event) => gathering.push(
+                        projected(&event.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?,
+                    ),
+                    None => log_closed = true,
+                }
+            }
+        }
     }
 }
 
@@ -352,7 +376,7 @@ mod tests {
         let projections = Arc::new(Projections::open(dir.path().join("projections")).unwrap());
         let applier = ApplyThread::start(projections.clone()).unwrap();
         // The thread lowers its priority before it takes its first batch.
-        applier.apply(Vec::new()).await.unwrap();
+        applier.submit(Vec::new()).unwrap().await.unwrap().unwrap();
         let nice = nice_of_threads("projector-apply");
         assert!(!nice.is_empty(), "the apply thread runs");
         assert!(

@@ -32,7 +32,7 @@ use projections::{
 };
 
 const IMPORT_EVENTS_DEFAULT: usize = 1_000_000;
-/// The server projector's batch (server::projector::PROJECTOR_BATCH_EVENTS_MAX).
+/// One plain live batch (projections::LIVE_BATCH_EVENTS_MAX).
 const IMPORT_BATCH_EVENTS_DEFAULT: usize = 256;
 const REBUILD_EVENTS_DEFAULT: usize = 2_000_000;
 const QUERY_MEMBERS_DEFAULT: usize = 500_000;
@@ -112,7 +112,9 @@ fn options() -> Result<Options, String> {
         };
         match flag.as_str() {
             "--import-events" => options.import_events = number()?,
-            "--import-batch" => options.import_batch = number()?.clamp(1, APPLY_BATCH_EVENTS_MAX),
+            "--import-batch" => {
+                options.import_batch = number()?.clamp(1, projections::LIVE_APPLY_EVENTS_MAX)
+            }
             "--rebuild-events" => options.rebuild_events = number()?,
             "--rebuild-batch" => options.rebuild_batch = number()?.clamp(1, APPLY_BATCH_EVENTS_MAX),
             "--query-members" => options.query_members = number()?,
