@@ -43,7 +43,7 @@ pub const PROJECTION_SCHEMA_VERSION: u32 = 5;
 pub const APPLY_BATCH_EVENTS_MAX: usize = 2_000;
 /// The most events one live `Projections::apply_batch` takes; it splits them into atomic
 /// batches by its `LiveBudget`. It bounds the events and the fold held in memory at once.
-pub const LIVE_APPLY_EVENTS_MAX: usize = 16_384;
+pub const LIVE_APPLY_EVENTS_MAX: usize = 8_192;
 /// the most rows one ListUsers page holds.
 pub const LIST_USERS_PAGE_SIZE_MAX: usize = 1_000;
 /// How many licenses keep their member list in memory for Q-2's `%pattern%` searches,
@@ -231,7 +231,7 @@ pub const LIVE_DENSE_EVENTS_PER_PLAIN_KEY_MIN: usize = 16;
 /// `LiveBudget::pack_entries_min`: below it a pack would mostly add merges.
 pub const LIVE_PACK_ENTRIES_MIN: usize = 1_024;
 /// `LiveBudget::packs_max`.
-pub const LIVE_PACKS_MAX: usize = 8;
+pub const LIVE_PACKS_MAX: usize = 24;
 
 impl Default for LiveBudget {
     fn default() -> Self {
@@ -363,8 +363,15 @@ impl Generation {
             self.write_live(&mut writer, fold, rest[taken - 1].position, budget)?;
             rest = &rest[taken..];
         }
-        self.retire_packs(&mut writer)?;
         Ok(last.position)
+    }
+
+    /// Merges packs and removes the retired ones no reader holds. Called after the
+    /// checkpoint is published, so a merge never delays what a batch makes visible.
+    fn maintain(&self, budget: &LiveBudget) -> Result<(), ProjectionError> {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.merge_live_packs(&mut writer, budget.packs_max, packs::LIVE_MERGE_FANOUT)?;
+        self.retire_packs(&mut writer)
     }
 
     /// Writes one live batch with its checkpoint in one atomic sled write: as plain keys,
@@ -401,7 +408,6 @@ impl Generation {
             // Before the member lists change and the checkpoint is published, so that a
             // reader waiting for this position reads the pack.
             self.publish_packs(writer, ids);
-            self.merge_live_packs(writer, budget)?;
         }
         // The in-memory member lists follow only after the write, so a reader that loads
         // a list meanwhile sees the stored state and these idempotent changes fix it up.
@@ -428,12 +434,13 @@ impl Generation {
     fn merge_live_packs(
         &self,
         writer: &mut PackWriter,
-        budget: &LiveBudget,
+        packs_max: usize,
+        fanout: usize,
     ) -> Result<(), ProjectionError> {
         loop {
             let directory = packs::load_directory(&self.tree)?;
             let sizes: Vec<u64> = directory.iter().map(|(_, count)| *count).collect();
-            let Some(start) = packs::live_merge_start(&sizes, budget.packs_max) else {
+            let Some(start) = packs::live_merge_start(&sizes, packs_max, fanout) else {
                 return Ok(());
             };
             let ids: Vec<u32> = directory.iter().map(|(id, _)| *id).collect();
@@ -877,8 +884,12 @@ impl Projections {
     /// (AUD-6), split by the `LiveBudget`. Positions must be strictly greater than the
     /// checkpoint and strictly increasing: anything else is a projector bug and panics.
     pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
-        let checkpoint = self.generation().apply_batch(events, &self.live_budget)?;
+        let generation = self.generation();
+        let checkpoint = generation.apply_batch(events, &self.live_budget)?;
         self.checkpoint.send_replace(checkpoint);
+        // The events are applied and visible whatever happens here; a failure stops the
+        // projector as any other would, and it resumes after the checkpoint.
+        generation.maintain(&self.live_budget)?;
         Ok(checkpoint)
     }
 

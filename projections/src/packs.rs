@@ -151,8 +151,15 @@ impl MemberFilter {
     }
 
     /// Whether the pack may hold `key`; `false` means it does not.
-    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
-        self.probes(filter_hash(key))
+    #[cfg(test)]
+    fn may_contain(&self, key: &[u8]) -> bool {
+        self.may_contain_hash(filter_hash(key))
+    }
+
+    /// `may_contain` for the key's `filter_hash`, which a lookup computes once for all
+    /// packs.
+    fn may_contain_hash(&self, hash: u64) -> bool {
+        self.probes(hash)
             .all(|(word, mask)| self.bits[word] & mask != 0)
     }
 }
@@ -272,30 +279,35 @@ pub(crate) fn remove_unreachable(tree: &sled::Tree) -> Result<(), ProjectionErro
 }
 
 /// Which of the newest live packs to merge into one, as the index of the oldest of them,
-/// or `None`. Sizes are entries, oldest first. The newest packs are merged while the pack
-/// below them is no larger than they are together, like the carries of a binary counter:
-/// each entry is rewritten about log2(packs written) times, and the number of packs stays
-/// about log2 of that. Above `packs_max` packs the newest two are merged whatever their
-/// sizes, since every point lookup reads one block of each pack.
-pub(crate) fn live_merge_start(sizes: &[u64], packs_max: usize) -> Option<usize> {
+/// or `None`. Sizes are entries, oldest first. Size-tiered, as in LSM trees: the newest run
+/// of packs of about one size (each at most twice the largest newer one) is merged once it
+/// holds `fanout` packs. An entry is then rewritten about log-fanout of the packs written
+/// (a binary counter, merging pairs, rewrote it log2 times: a third of a live import's
+/// cost), and fewer than `fanout` packs of each size are kept. Above `packs_max` packs the
+/// newest run is merged whatever its length (the newest two if it is one pack), since
+/// ranges read one cursor per pack.
+pub(crate) fn live_merge_start(sizes: &[u64], packs_max: usize, fanout: usize) -> Option<usize> {
     let count = sizes.len();
     if count < 2 {
         return None;
     }
     let mut start = count - 1;
-    let mut merged = sizes[start];
-    while start > 0 && sizes[start - 1] <= merged {
+    let mut largest = sizes[start];
+    while start > 0 && sizes[start - 1] <= largest.saturating_mul(2) {
         start -= 1;
-        merged += sizes[start];
+        largest = largest.max(sizes[start]);
     }
-    if start < count - 1 {
+    if count - start >= fanout.max(2) {
         Some(start)
     } else if count > packs_max {
-        Some(count - 2)
+        Some(start.min(count - 2))
     } else {
         None
     }
 }
+
+/// How many live packs of about one size are merged into one (`live_merge_start`).
+pub(crate) const LIVE_MERGE_FANOUT: usize = 8;
 
 fn corrupt(reason: &str) -> ProjectionError {
     ProjectionError::Corrupt {
@@ -513,8 +525,9 @@ pub(crate) fn get(
         held_by_pack: false,
         plain: plain.is_some(),
     };
+    let hash = filter_hash(key);
     for (id, filter) in packs.newest_first() {
-        if !filter.may_contain(key) {
+        if !filter.may_contain_hash(hash) {
             continue;
         }
         if let Some(value) = pack_get(tree, id, key)? {
@@ -864,6 +877,25 @@ mod tests {
         }
         view.retain(|_, value| !value.is_empty());
         view
+    }
+
+    #[test]
+    fn live_merges_take_the_newest_run_of_one_size_once_it_is_long_enough() {
+        // Runs of about one size (each at most twice the largest newer one) are merged at
+        // the fanout; too many packs merge the newest run, or the newest two.
+        assert_eq!(live_merge_start(&[], 4, 3), None);
+        assert_eq!(live_merge_start(&[10], 4, 3), None);
+        assert_eq!(live_merge_start(&[100, 10, 10], 4, 3), None);
+        assert_eq!(live_merge_start(&[100, 10, 10, 10], 4, 3), Some(1));
+        assert_eq!(live_merge_start(&[100, 30, 20, 10], 4, 3), Some(1));
+        assert_eq!(live_merge_start(&[100, 50, 20, 10], 4, 3), None);
+        assert_eq!(live_merge_start(&[100, 50, 20, 10, 5], 4, 3), Some(2));
+        assert_eq!(live_merge_start(&[100, 50, 20, 10, 1], 4, 3), Some(3));
+        assert_eq!(live_merge_start(&[10, 10, 10], 4, usize::MAX), None);
+        assert_eq!(
+            live_merge_start(&[10, 10, 10, 10, 10], 4, usize::MAX),
+            Some(0)
+        );
     }
 
     #[test]
