@@ -83,7 +83,7 @@ pub async fn run(
 pub const PROJECTOR_APPLY_NICE: i32 = 19;
 
 type ApplyJob = (
-    Vec<ProjectedEvent>,
+    Vec<RecordedEvent>,
     tokio::sync::oneshot::Sender<Result<(), String>>,
 );
 
@@ -111,10 +111,21 @@ impl ApplyThread {
             .spawn(move || {
                 lower_priority(PROJECTOR_APPLY_NICE);
                 for (batch, answer) in queue {
-                    let result = projections
-                        .apply_batch(&batch)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
+                    // Decoded here, at the thread's low priority: while workload 1's commands
+                    // keep the projector behind, the events it gathers wait undecoded instead
+                    // of taking CPU from the commands (workload 1 ran about 5% slower, its
+                    // p99 1.5 ms higher, when the gathering decoded them).
+                    let result = batch
+                        .iter()
+                        .map(projected)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())
+                        .and_then(|batch| {
+                            projections
+                                .apply_batch(&batch)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        });
                     // The projector may have stopped waiting; the batch stands regardless.
                     let _ = answer.send(result);
                 }
@@ -127,7 +138,7 @@ impl ApplyThread {
 
     /// Hands a batch over; the receiver answers once it is applied. The caller waits for
     /// that answer before it hands over the next one.
-    fn submit(&self, batch: Vec<ProjectedEvent>) -> Result<Answer, String> {
+    fn submit(&self, batch: Vec<RecordedEvent>) -> Result<Answer, String> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
             .as_ref()
@@ -224,7 +235,7 @@ async fn follow(
         .map_err(|e| e.to_string())?;
     // One batch is applied while the next gathers: a projector that keeps up hands each
     // event over as it comes, one that is behind hands over all that came meanwhile.
-    let mut gathering: Vec<ProjectedEvent> = Vec::new();
+    let mut gathering: Vec<RecordedEvent> = Vec::new();
     let mut applying: Option<Answer> = None;
     let mut log_closed = false;
     loop {
@@ -246,9 +257,7 @@ async fn follow(
                 if !log_closed && gathering.len() < PROJECTOR_HANDOVER_EVENTS_MAX =>
             {
                 match next {
-                    Some(event) => gathering.push(
-                        projected(&event.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?,
-                    ),
+                    Some(event) => gathering.push(event.map_err(|e| e.to_string())?),
                     None => log_closed = true,
                 }
             }
