@@ -334,6 +334,8 @@ impl BatchApplier {
             Some(record) => Ok(record),
             None => {
                 self.held_bytes += id.len() + FOLD_LICENSE_RECORD_BYTES;
+                // A license the fold touches is written when it finishes.
+                self.plain_writes += 1;
                 self.raw(&single(PREFIX_LICENSE, id.as_bytes()))?
                     .map(|bytes| decode("license record", &bytes))
                     .transpose()
@@ -472,11 +474,21 @@ impl BatchApplier {
 
     /// one key per position under the user's history.
     fn write_user_positions(&mut self, email: &Email, positions: &[u64]) {
+        self.write_shed_positions(email, positions, false);
+    }
+
+    /// `write_user_positions` for positions a member record sheds: they go to the layer
+    /// the record is in (`plain`), so that a reader sees them either in the record or
+    /// under their keys, never in neither (a plain record is visible before a new pack
+    /// is published).
+    fn write_shed_positions(&mut self, email: &Email, positions: &[u64], plain: bool) {
         for position in positions {
-            self.put(
-                positioned(PREFIX_HISTORY_USER, email.as_str().as_bytes(), *position),
-                Vec::new(),
-            );
+            let key = positioned(PREFIX_HISTORY_USER, email.as_str().as_bytes(), *position);
+            if plain {
+                self.plain_member_keys.insert(key.clone());
+                self.plain_writes += 1;
+            }
+            self.put(key, Vec::new());
         }
     }
 
@@ -790,14 +802,14 @@ impl BatchApplier {
             .map(|member| member.history.clone())
             .unwrap_or_default();
         if history.len() >= MEMBER_HISTORY_POSITIONS_MAX {
-            self.write_user_positions(email, &history);
+            self.write_shed_positions(email, &history, plain);
             history.clear();
         }
         debug_assert!(history.last().is_none_or(|last| *last < context.position));
         history.push(context.position);
         match &mut after {
             Some(member) => member.history = history,
-            None => self.write_user_positions(email, &history),
+            None => self.write_shed_positions(email, &history, plain),
         }
         if let Some(old) = &before {
             *license.counts.slot(old.status) -= 1;

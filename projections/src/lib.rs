@@ -331,11 +331,13 @@ impl Generation {
         Ok(u64::from_be_bytes(array))
     }
 
-    /// AUD-6: the events in atomic batches (`LiveBudget`), each with its checkpoint.
+    /// AUD-6: the events in atomic batches (`LiveBudget`), each with its checkpoint, which
+    /// `publish` is told once the batch can be read.
     fn apply_batch(
         &self,
         events: &[ProjectedEvent],
         budget: &LiveBudget,
+        publish: &dyn Fn(u64),
     ) -> Result<u64, ProjectionError> {
         if events.len() > LIVE_APPLY_EVENTS_MAX {
             return Err(ProjectionError::BatchTooLarge {
@@ -360,7 +362,9 @@ impl Generation {
                     break;
                 }
             }
-            self.write_live(&mut writer, fold, rest[taken - 1].position, budget)?;
+            let checkpoint = rest[taken - 1].position;
+            self.write_live(&mut writer, fold, checkpoint, budget)?;
+            publish(checkpoint);
             rest = &rest[taken..];
         }
         Ok(last.position)
@@ -395,6 +399,8 @@ impl Generation {
             let current = self.packs();
             let mut list = current.prefix(current.len());
             let id = current.last().map_or(1, |newest| newest + 1);
+            // Blocks a failed attempt left under this id would be read as part of the pack.
+            packs::remove_blocks(&self.tree, id)?;
             let (count, filter) = packs::write_blocks(&self.tree, id, packed.into_iter().map(Ok))?;
             plain.push((packs::directory_key(id), Some(count.to_be_bytes().to_vec())));
             list.push(id, filter);
@@ -451,6 +457,7 @@ impl Generation {
                 "the pack directory and the published packs agree"
             );
             let into = ids.last().expect("two packs or more to merge") + 1;
+            packs::remove_blocks(&self.tree, into)?;
             let (count, filter) = packs::merge_into(&self.tree, &ids[start..], into, start == 0)?;
             let mut batch = sled::Batch::default();
             batch.insert(packs::directory_key(into), count.to_be_bytes().to_vec());
@@ -881,12 +888,16 @@ impl Projections {
 
     /// Applies the next events of the log (up to `LIVE_APPLY_EVENTS_MAX`) and returns the
     /// new checkpoint. They are written in atomic batches, each with its checkpoint
-    /// (AUD-6), split by the `LiveBudget`. Positions must be strictly greater than the
-    /// checkpoint and strictly increasing: anything else is a projector bug and panics.
+    /// (AUD-6), split by the `LiveBudget`, and each checkpoint is published as soon as its
+    /// batch is written. Positions must be strictly greater than the checkpoint and
+    /// strictly increasing: anything else is a projector bug and panics. An error may come
+    /// after some batches were applied (the checkpoint says which); the server's projector
+    /// stops on any error and resumes from the stored checkpoint.
     pub fn apply_batch(&self, events: &[ProjectedEvent]) -> Result<u64, ProjectionError> {
         let generation = self.generation();
-        let checkpoint = generation.apply_batch(events, &self.live_budget)?;
-        self.checkpoint.send_replace(checkpoint);
+        let checkpoint = generation.apply_batch(events, &self.live_budget, &|checkpoint| {
+            self.checkpoint.send_replace(checkpoint);
+        })?;
         // The events are applied and visible whatever happens here; a failure stops the
         // projector as any other would, and it resumes after the checkpoint.
         generation.maintain(&self.live_budget)?;
@@ -1038,6 +1049,138 @@ mod tests {
                 ou_path: None,
             }),
         )
+    }
+
+    fn removed(position: u64, user: u64) -> ProjectedEvent {
+        event(
+            position,
+            Event::UserRemoved(domain::events::UserRemoved {
+                email: Email::parse(&format!("user{user}@north.edu")).unwrap(),
+                reason: domain::events::RemovalReason::ByAdmin,
+            }),
+        )
+    }
+
+    /// `event` on the stream of license `L<license>`.
+    fn on_license(license: u64, mut projected: ProjectedEvent) -> ProjectedEvent {
+        projected.stream = format!("license-L{license}");
+        if let Event::LicenseIssued(issued) = &mut projected.event {
+            issued.license = LicenseId::parse(&format!("L{license}")).unwrap();
+            issued.key = Secret::new(format!("{license:0>32}")).unwrap();
+        }
+        projected
+    }
+
+    fn user_history_key(user: u64, position: u64) -> Vec<u8> {
+        keys::positioned(
+            keys::PREFIX_HISTORY_USER,
+            format!("user{user}@north.edu").as_bytes(),
+            position,
+        )
+    }
+
+    #[test]
+    fn the_positions_a_plain_member_sheds_stay_plain_when_a_live_pack_is_written() {
+        // user2@ is a plain member; the batch that removes them writes a pack. The
+        // positions their record held must be plain keys like the record's removal, or a
+        // reader between the write and the pack's publication would see neither.
+        let directory = tempfile::tempdir().unwrap();
+        let projections = Projections::open(directory.path())
+            .unwrap()
+            .with_live_budget(LiveBudget {
+                pack_entries_min: 3,
+                dense_events_per_plain_key_min: 0,
+                ..LiveBudget::default()
+            });
+        projections.apply_batch(&[issued(), added(2)]).unwrap();
+        assert!(projections.generation().packs().is_empty());
+        projections
+            .apply_batch(&[added(3), added(4), removed(5, 2)])
+            .unwrap();
+        let generation = projections.generation();
+        assert_eq!(generation.packs().to_vec(), vec![1]);
+        for position in [2, 5] {
+            assert!(
+                generation
+                    .tree
+                    .contains_key(user_history_key(2, position))
+                    .unwrap(),
+                "position {position} of user2@ is a plain key"
+            );
+        }
+        // user3@'s record is in the pack, and nothing of theirs is plain.
+        assert!(
+            !generation
+                .tree
+                .contains_key(keys::pair(keys::PREFIX_MEMBER, b"L1", b"user3@north.edu"))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_batch_of_many_licenses_is_not_dense() {
+        // One new member in each of 300 licenses writes 300 license records: a plain batch,
+        // cut at `batch_events_max`, not a dense one.
+        let projections = Projections::open_temporary().unwrap();
+        let issues: Vec<ProjectedEvent> = (0..300)
+            .map(|license| on_license(license, event(license + 1, issued().event)))
+            .collect();
+        projections.apply_batch(&issues).unwrap();
+        let generation = projections.generation();
+        let budget = LiveBudget::default();
+        let mut fold = apply::BatchApplier::new(&generation.tree, generation.packs(), true);
+        for license in 0..budget.batch_events_max as u64 {
+            fold.apply(&on_license(license, added(1_000 + license)))
+                .unwrap();
+        }
+        assert!(budget.batch_is_full(&fold));
+        // One license's new members are dense.
+        let mut fold = apply::BatchApplier::new(&generation.tree, generation.packs(), true);
+        for user in 0..budget.batch_events_max as u64 {
+            fold.apply(&on_license(7, added(2_000 + user))).unwrap();
+        }
+        assert!(!budget.batch_is_full(&fold));
+    }
+
+    #[test]
+    fn a_live_pack_does_not_take_up_blocks_a_failed_attempt_left_under_its_id() {
+        // AUD-5: blocks under the next pack id that no directory names (a pack whose write
+        // failed in this process) are removed before the pack is written.
+        let projections = Projections::open_temporary()
+            .unwrap()
+            .with_live_budget(LiveBudget {
+                pack_entries_min: 1,
+                dense_events_per_plain_key_min: 0,
+                ..LiveBudget::default()
+            });
+        let generation = projections.generation();
+        let ghost = keys::pair(keys::PREFIX_MEMBER, b"L1", b"ghost@north.edu");
+        packs::write_blocks(&generation.tree, 1, [Ok((ghost.clone(), b"x".to_vec()))]).unwrap();
+        projections.apply_batch(&[issued(), added(2)]).unwrap();
+        assert_eq!(generation.packs().to_vec(), vec![1]);
+        // A range reads every block of the pack; the filter would hide the ghost from a
+        // point lookup anyway.
+        let members: Vec<Vec<u8>> = packs::scan_prefix(
+            &generation.tree,
+            &generation.packs(),
+            &keys::scope(keys::PREFIX_MEMBER, b"L1"),
+        )
+        .unwrap()
+        .map(|entry| entry.unwrap().0)
+        .collect();
+        assert_eq!(
+            members,
+            vec![keys::pair(keys::PREFIX_MEMBER, b"L1", b"user2@north.edu")]
+        );
+        assert!(
+            projections
+                .member(
+                    &LicenseId::parse("L1").unwrap(),
+                    &Email::parse("user2@north.edu").unwrap()
+                )
+                .unwrap()
+                .is_some()
+        );
     }
 
     fn blocks_of(tree: &sled::Tree, id: u32) -> usize {

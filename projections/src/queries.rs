@@ -965,6 +965,10 @@ fn cached_email_order(
         || generation.packs(),
         collector.request.license.as_str(),
     )?;
+    // The member list may hold members of a pack published after the collector took its
+    // packs (changes are told only after their pack is published): read their records
+    // through the packs as they are now.
+    collector.packs = generation.packs();
     let request = collector.request;
     let descending = request.descending;
     let (prefix, prefix_end) = prefix_bounds(pattern);
@@ -1057,6 +1061,10 @@ fn cached_sorted(
         || generation.packs(),
         collector.request.license.as_str(),
     )?;
+    // The member list may hold members of a pack published after the collector took its
+    // packs (changes are told only after their pack is published): read their records
+    // through the packs as they are now.
+    collector.packs = generation.packs();
     let request = collector.request;
     let descending = request.descending;
     let (prefix, prefix_end) = prefix_bounds(pattern);
