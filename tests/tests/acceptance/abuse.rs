@@ -1038,26 +1038,47 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
     )
     .await
     .unwrap();
-    let outcome = flood(&server.address).await;
-    println!("1,000 connections against --connections-max {limit}: {outcome:?}");
-    assert!(outcome.unclean.is_empty(), "{outcome:?}");
+    // A refused connection's call is answered UNAVAILABLE when it reaches the server before
+    // the GOAWAY that follows the handshake; otherwise the client sees its connection closed.
+    // Both are clean refusals a client retries. In one CI run, with the whole acceptance
+    // binary loading the machine, all 700 refused calls came late; so the UNAVAILABLE
+    // answer must show in one of up to `FLOODS_FOR_AN_UNAVAILABLE_MAX` floods.
+    let mut outcomes = Vec::new();
+    for _ in 0..FLOODS_FOR_AN_UNAVAILABLE_MAX {
+        let outcome = flood(&server.address).await;
+        println!("1,000 connections against --connections-max {limit}: {outcome:?}");
+        assert!(outcome.unclean.is_empty(), "{outcome:?}");
+        assert!(outcome.served <= limit, "{outcome:?}");
+        assert!(!server.has_exited());
+        let answered = outcome.unavailable >= 1;
+        outcomes.push(outcome);
+        serving_again_after_a_flood(&server.address).await;
+        if answered {
+            break;
+        }
+    }
+    assert!(outcomes[0].served >= 1, "{outcomes:?}");
     assert!(
-        outcome.served >= 1 && outcome.served <= limit,
-        "{outcome:?}"
+        outcomes.iter().any(|outcome| outcome.unavailable >= 1),
+        "refusals are answered UNAVAILABLE: {outcomes:?}"
     );
-    assert!(
-        outcome.unavailable >= 1,
-        "refusals are answered UNAVAILABLE: {outcome:?}"
-    );
-    assert!(!server.has_exited());
-    // The flood's connections are closed now, but the server frees their places only as it
-    // notices each close; until then it may still refuse a new one, answering UNAVAILABLE or
-    // closing it under the call (seen: Internal, GOAWAY NO_ERROR), as a client told "retry
-    // later" would find. So retry those, as such a client does, a bounded number of times.
+    server.stop().await.unwrap();
+}
+
+/// How many floods against the connection limit may pass before one shows an UNAVAILABLE
+/// answer.
+const FLOODS_FOR_AN_UNAVAILABLE_MAX: usize = 3;
+
+/// Returns once a new connection's call is served after a flood. The flood's connections
+/// are closed, but the server frees their places only as it notices each close; until then
+/// it may still refuse a new one, answering UNAVAILABLE or closing it under the call (seen:
+/// Internal, GOAWAY NO_ERROR), as a client told "retry later" would find. So this retries
+/// those, as such a client does, a bounded number of times.
+async fn serving_again_after_a_flood(address: &str) {
     let mut refusals = 0;
     loop {
-        match read_flood_license(&server.address).await {
-            Ok(_) => break,
+        match read_flood_license(address).await {
+            Ok(_) => return,
             Err(status)
                 if (status.code() == Code::Unavailable || closed_under_the_call(&status))
                     && refusals < RETRIES_AFTER_FLOOD_MAX =>
@@ -1068,7 +1089,6 @@ async fn a_thousand_connections_are_served_or_refused_cleanly() {
             Err(status) => panic!("not serving after the flood ({refusals} refusals): {status:?}"),
         }
     }
-    server.stop().await.unwrap();
 }
 
 /// Reads the flood's license over a new connection of its own.
