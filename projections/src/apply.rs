@@ -126,10 +126,11 @@ pub(crate) struct BatchApplier {
     /// Member changes for the in-memory member lists; not kept when nobody queries the
     /// generation yet (a rebuild), where they would only cost memory.
     changes: Option<Vec<MembershipChange>>,
-    /// The member record and user -> license keys of members the plain layer has
-    /// (`packs::Lookup::plain`): a live pack must not take them, or the older plain key
-    /// would hide the pack's newer entry.
-    plain_member_keys: FxHashSet<Vec<u8>>,
+    /// Keys of the packed read models that a live pack must not take: the member record
+    /// and user -> license keys of members the plain layer has (`packs::Lookup::plain`),
+    /// whose older plain key would hide the pack's newer entry, and the user history keys
+    /// such a member's record sheds, which must become visible with the record.
+    kept_plain: FxHashSet<Vec<u8>>,
     /// An upper estimate of the keys this fold writes as plain keys when it writes a live
     /// pack: the keys of the read models packs do not hold, and two per member the plain
     /// layer has.
@@ -250,7 +251,7 @@ impl BatchApplier {
             licenses: HashMap::new(),
             members: FxHashMap::default(),
             changes: track_changes.then(Vec::new),
-            plain_member_keys: FxHashSet::default(),
+            kept_plain: FxHashSet::default(),
             plain_writes: 0,
             events: 0,
             held_bytes: 0,
@@ -405,7 +406,7 @@ impl BatchApplier {
         (writes, changes)
     }
 
-    /// `into_writes`, with the member keys the plain layer has (`plain_member_keys`).
+    /// `into_writes`, with the keys that stay plain (`kept_plain`).
     fn into_parts(mut self) -> (Writes, FxHashSet<Vec<u8>>, Option<Vec<MembershipChange>>) {
         for (id, record) in std::mem::take(&mut self.licenses) {
             let key = single(PREFIX_LICENSE, id.as_bytes());
@@ -418,14 +419,14 @@ impl BatchApplier {
                 continue;
             }
             if member.plain {
-                self.plain_member_keys.insert(key.clone());
+                self.kept_plain.insert(key.clone());
             }
             match member.record {
                 Some(record) => self.put(key, encode(&record)),
                 None => self.remove_member_key(key, member.stored.is_some(), member.held_by_pack),
             }
         }
-        (self.writes, self.plain_member_keys, self.changes)
+        (self.writes, self.kept_plain, self.changes)
     }
 
     /// A live fold's writes split by layer: the entries a live pack may take, in key order
@@ -434,10 +435,10 @@ impl BatchApplier {
     /// layer has it: a user history key is written once, under its own position, and a
     /// member's two keys are in the layer its record key is in.
     pub(crate) fn finish_live(self) -> LiveWrites {
-        let (writes, plain_member_keys, changes) = self.into_parts();
+        let (writes, kept_plain, changes) = self.into_parts();
         let (packed, plain): (Vec<_>, Vec<_>) = writes
             .into_iter()
-            .partition(|(key, _)| packs::is_packed_key(key) && !plain_member_keys.contains(key));
+            .partition(|(key, _)| packs::is_packed_key(key) && !kept_plain.contains(key));
         let mut packed: Vec<packs::Entry> = packed
             .into_iter()
             .map(|(key, value)| (key, value.unwrap_or_else(|| packs::TOMBSTONE.to_vec())))
@@ -485,7 +486,7 @@ impl BatchApplier {
         for position in positions {
             let key = positioned(PREFIX_HISTORY_USER, email.as_str().as_bytes(), *position);
             if plain {
-                self.plain_member_keys.insert(key.clone());
+                self.kept_plain.insert(key.clone());
                 self.plain_writes += 1;
             }
             self.put(key, Vec::new());
@@ -823,7 +824,7 @@ impl BatchApplier {
             id.as_bytes(),
         );
         if plain {
-            self.plain_member_keys.insert(user_license.clone());
+            self.kept_plain.insert(user_license.clone());
         }
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),

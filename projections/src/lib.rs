@@ -397,7 +397,7 @@ impl Generation {
         let mut published = None;
         if packed.len() >= budget.pack_entries_min {
             let current = self.packs();
-            let mut list = current.prefix(current.len());
+            let mut list = packs::PackList::clone(&current);
             let id = current.last().map_or(1, |newest| newest + 1);
             // Blocks a failed attempt left under this id would be read as part of the pack.
             packs::remove_blocks(&self.tree, id)?;
@@ -680,7 +680,7 @@ impl Rebuild {
     ) -> Result<(), ProjectionError> {
         let tree = &self.generation.tree;
         let current = self.generation.packs();
-        let mut list = current.prefix(current.len());
+        let mut list = packs::PackList::clone(&current);
         let (packed, plain): (Vec<_>, Vec<_>) = writes
             .into_iter()
             .partition(|(key, _)| packs::is_packed_key(key));
@@ -1184,9 +1184,7 @@ mod tests {
     }
 
     fn blocks_of(tree: &sled::Tree, id: u32) -> usize {
-        let mut prefix = vec![packs::PREFIX_PACK_BLOCK];
-        prefix.extend_from_slice(&id.to_be_bytes());
-        tree.scan_prefix(prefix).count()
+        tree.scan_prefix(packs::pack_prefix(id)).count()
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub(crate) type PackIds = std::sync::Arc<PackList>;
 
 /// Pack ids, oldest first (it reads as a slice of them), each with the filter of its
 /// member record keys.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct PackList {
     ids: Vec<u32>,
     filters: Vec<std::sync::Arc<MemberFilter>>,
@@ -204,7 +204,7 @@ pub(crate) fn is_packed_key(key: &[u8]) -> bool {
     )
 }
 
-fn pack_prefix(id: u32) -> Vec<u8> {
+pub(crate) fn pack_prefix(id: u32) -> Vec<u8> {
     let mut prefix = vec![PREFIX_PACK_BLOCK];
     prefix.extend_from_slice(&id.to_be_bytes());
     prefix
