@@ -28,6 +28,8 @@ const ACCEPTED_QUEUE_CONNECTIONS_MAX: usize = 64;
 const REFUSALS_IN_FLIGHT_MAX: usize = 1_024;
 /// The longest a refusal may take (the client may never read it).
 const REFUSAL_TIMEOUT_MS: u64 = 5_000;
+/// How long a refused connection's first call is waited for before the GOAWAY is sent.
+const REFUSAL_FIRST_CALL_WAIT_MS: u64 = 2_000;
 
 /// Binds a listener for the API whose kernel accept queue holds as many connections as the
 /// server may have open, `connections_max`, and never fewer than tokio's 1,024 (the kernel
@@ -62,29 +64,51 @@ pub async fn bind_listener(address: &str, connections_max: usize) -> std::io::Re
     }))
 }
 
-/// Answers every call a refused connection already carries with a trailers-only gRPC
-/// UNAVAILABLE, tells the client (HTTP/2 GOAWAY) to open no more streams, and closes it.
+/// Answers a refused connection's calls with a trailers-only gRPC UNAVAILABLE, tells the
+/// client (HTTP/2 GOAWAY) to open no more streams, and closes it.
+///
+/// The GOAWAY waits for the connection's first call (at most `REFUSAL_FIRST_CALL_WAIT_MS`):
+/// a client opens a connection to make a call, and one that reads GOAWAY before sending it
+/// only sees its connection closed, without the reason and the advice to retry later. Sent
+/// right after the handshake, the GOAWAY overtook every call of a loaded client.
 async fn refuse(stream: TcpStream) {
     let refusal = async {
         let Ok(mut connection) = h2::server::handshake(stream).await else {
             return;
         };
+        let first_call = tokio::time::timeout(
+            Duration::from_millis(REFUSAL_FIRST_CALL_WAIT_MS),
+            connection.accept(),
+        )
+        .await;
+        match first_call {
+            Ok(Some(Ok((_request, respond)))) => answer_unavailable(respond),
+            // The client closed the connection, or it broke: nothing is left to tell.
+            Ok(Some(Err(_)) | None) => return,
+            // No call came in time: the GOAWAY alone tells the client.
+            Err(_elapsed) => {}
+        }
         connection.graceful_shutdown();
-        while let Some(Ok((_request, mut respond))) = connection.accept().await {
-            let unavailable = http::Response::builder()
-                .status(200)
-                .header("content-type", "application/grpc")
-                .header("grpc-status", (tonic::Code::Unavailable as i32).to_string())
-                .header(
-                    "grpc-message",
-                    "the server has its maximum of open connections; retry later",
-                )
-                .body(())
-                .expect("a constant response is valid");
-            let _ = respond.send_response(unavailable, true);
+        while let Some(Ok((_request, respond))) = connection.accept().await {
+            answer_unavailable(respond);
         }
     };
     let _ = tokio::time::timeout(Duration::from_millis(REFUSAL_TIMEOUT_MS), refusal).await;
+}
+
+/// The message a refused connection's calls are answered with.
+pub const REFUSAL_MESSAGE: &str = "the server has its maximum of open connections; retry later";
+
+/// Answers one call of a refused connection UNAVAILABLE, trailers-only.
+fn answer_unavailable(mut respond: h2::server::SendResponse<bytes::Bytes>) {
+    let unavailable = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", (tonic::Code::Unavailable as i32).to_string())
+        .header("grpc-message", REFUSAL_MESSAGE)
+        .body(())
+        .expect("a constant response is valid");
+    let _ = respond.send_response(unavailable, true);
 }
 
 /// An accepted connection holding one permit until it is dropped (closed).
