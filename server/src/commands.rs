@@ -3,6 +3,7 @@
 //! the core, and answers with the outcome and the log position it reached.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use domain::csv_import::{CsvImportParser, CsvRow, RowErrors};
 use domain::{
@@ -42,9 +43,20 @@ struct Call {
     /// The RPC's name, for metrics and the fingerprint; set by `fingerprinted`.
     rpc: &'static str,
     ids: CommandIds,
+    /// Set by `once` when the answers cache holds the client's id for another request: the
+    /// command is then decided for a refusal ERR-1 ranks first, and never appended.
+    reused: AtomicBool,
 }
 
 impl Call {
+    /// The ids the core gets: read when the command runs, after `once` looked the id up.
+    fn ids(&self) -> CommandIds {
+        CommandIds {
+            reused: self.reused.load(Ordering::Relaxed),
+            ..self.ids
+        }
+    }
+
     /// Names the RPC and, when the client sent a command id, fingerprints the request: the
     /// actor, the RPC and the request's bytes. A retry must match it to get the first answer
     /// back (AUD-4); the core keeps it with the command's append.
@@ -129,7 +141,9 @@ impl CommandService {
                 command_id,
                 correlation_id,
                 fingerprint: None,
+                reused: false,
             },
+            reused: AtomicBool::new(false),
         })
     }
 
@@ -174,9 +188,16 @@ impl CommandService {
             .map_err(|e| Status::unavailable(e.to_string()))?
         {
             if stored.fingerprint != fingerprint {
-                return Err(Status::failed_precondition(
-                    "this command id was already used for a different command; use a new id",
-                ));
+                // ERR-1: decided for a refusal that comes before the reuse's; the core
+                // never appends a reused command, so this is a refusal either way.
+                call.reused.store(true, Ordering::Relaxed);
+                let refusal = run.await.err();
+                debug_assert!(refusal.is_some(), "a reused command id was answered");
+                return Err(refusal.unwrap_or_else(|| {
+                    Status::failed_precondition(
+                        "this command id was already used for a different command; use a new id",
+                    )
+                }));
             }
             return match stored.outcome {
                 FirstOutcome::Reply(bytes) => R::decode(bytes.as_slice())
@@ -215,7 +236,7 @@ impl CommandService {
     ) -> Result<(Outcome, u64), Status> {
         let core = Arc::clone(&self.core);
         let (id, actor) = (id.to_owned(), call.actor.clone());
-        let ids = call.ids;
+        let ids = call.ids();
         to_completion(async move {
             core.execute_license(&id, &actor, &command, ids)
                 .await
@@ -233,7 +254,7 @@ impl CommandService {
         claim: Option<bool>,
     ) -> Result<CommandReply, Status> {
         let core = Arc::clone(&self.core);
-        let (actor, ids) = (call.actor.clone(), call.ids);
+        let (actor, ids) = (call.actor.clone(), call.ids());
         to_completion(async move {
             let position = core
                 .execute_claim(&license, &domain, claim, &actor, ids)
@@ -842,14 +863,18 @@ impl CommandService {
         let call = call.fingerprinted(rpc, &bytes);
         let (domain, command) = requests::domain_admin(request.get_ref(), grant)?;
         let core = Arc::clone(&self.core);
-        let (actor, ids) = (call.actor.clone(), call.ids);
-        let run = to_completion(async move {
-            let position = core
-                .execute_domain(&domain, &actor, &command, ids)
-                .await
-                .map_err(from_core)?;
-            Ok(CommandReply { position })
-        });
+        // The ids are read when `once` runs this, after it looked the id up.
+        let run = async {
+            let (actor, ids) = (call.actor.clone(), call.ids());
+            to_completion(async move {
+                let position = core
+                    .execute_domain(&domain, &actor, &command, ids)
+                    .await
+                    .map_err(from_core)?;
+                Ok(CommandReply { position })
+            })
+            .await
+        };
         self.once(&call, run).await
     }
 
@@ -871,7 +896,7 @@ impl CommandService {
     async fn join(&self, call: &Call, secret: &str, kind: SecretKind) -> Result<JoinReply, Status> {
         let core = Arc::clone(&self.core);
         let secret = secret.to_owned();
-        let (actor, ids) = (call.actor.clone(), call.ids);
+        let (actor, ids) = (call.actor.clone(), call.ids());
         let (license, outcome, position) = to_completion(async move {
             core.redeem(&secret, kind, &actor, ids)
                 .await

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use domain::events::{Event, EventMeta};
 use domain::{
-    Actor, Context, DomainCommand, DomainError, DomainName, Email, EmailDomain, License,
+    Actor, Context, DomainCommand, DomainError, DomainName, Email, EmailDomain, ErrorKind, License,
     LicenseCommand, LicenseId, Outcome, Secret, WrongSecretThrottle,
 };
 use ledger::{AppendResult, EventLog, ExpectedRevision, LedgerError, NewEvent, RecordedEvent};
@@ -66,6 +66,10 @@ pub struct CommandIds {
     /// retry, even after a crash, gets the first outcome back, and the same id sent with
     /// another request is refused.
     pub fingerprint: Option<[u8; 32]>,
+    /// The id is known to be taken by another request (the server's answers cache said
+    /// so). The command is then decided but never appended: only for a refusal ERR-1 puts
+    /// before the reuse's FAILED_PRECONDITION (`Reuse`).
+    pub reused: bool,
 }
 
 impl CommandIds {
@@ -76,8 +80,48 @@ impl CommandIds {
             command_id,
             correlation_id: command_id,
             fingerprint: None,
+            reused: false,
         }
     }
+}
+
+/// ERR-1 for a command id already used for another command (AUD-4): the reuse is
+/// FAILED_PRECONDITION, but a refusal ERR-1 ranks before it (INVALID_ARGUMENT, NOT_FOUND,
+/// PERMISSION_DENIED) comes first, so a reused command is still decided, and never
+/// appended.
+struct Reuse(Option<CoreError>);
+
+impl Reuse {
+    /// What the decision's refusals are ranked against.
+    fn of(stream: &str, ids: CommandIds) -> Self {
+        Self(ids.reused.then(|| reuse_error(stream, ids.command_id)))
+    }
+
+    /// The decision's outcome, or the reuse's refusal when it is not outranked.
+    fn decided<T>(&mut self, decision: Result<T, DomainError>) -> Result<T, CoreError> {
+        match (decision, self.0.take()) {
+            (Err(error), Some(reuse)) if !ranks_before_reuse(&error) => Err(reuse),
+            (Err(error), _) => Err(error.into()),
+            (Ok(_), Some(reuse)) => Err(reuse),
+            (Ok(decision), None) => Ok(decision),
+        }
+    }
+}
+
+fn reuse_error(stream: &str, command_id: Uuid) -> CoreError {
+    LedgerError::CommandIdReused {
+        command_id,
+        stream: stream.to_owned(),
+    }
+    .into()
+}
+
+/// Whether ERR-1 puts a refusal before a reused id's FAILED_PRECONDITION.
+fn ranks_before_reuse(error: &DomainError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::PermissionDenied
+    )
 }
 
 /// What a license append is tagged with besides its events: the ids and, for a command
@@ -881,29 +925,26 @@ impl Core {
         }
     }
 
-    /// AUD-4: the outcome kept with an earlier append of this command, if there is one.
-    /// A kept outcome of another request under the same id is FAILED_PRECONDITION.
+    /// AUD-4: the outcome kept with an earlier append of this command (`Ok`), or what the
+    /// decision is ranked against (`Err`): a kept outcome of another request under the same
+    /// id, or the caller's word that the id is taken, is a reuse (`Reuse`).
     async fn answered(
         &self,
         stream: &str,
         command_id: Uuid,
         ids: CommandIds,
-    ) -> Result<Option<(Outcome, u64)>, CoreError> {
+    ) -> Result<Result<(Outcome, u64), Reuse>, CoreError> {
         let Some(fingerprint) = ids.fingerprint else {
-            return Ok(None);
+            return Ok(Err(Reuse::of(stream, ids)));
         };
         let Some(kept) = self.log.command_answer(stream, command_id).await? else {
-            return Ok(None);
+            return Ok(Err(Reuse::of(stream, ids)));
         };
         let (kept_fingerprint, outcome) = decode_answer(&kept.answer)?;
         if kept_fingerprint != fingerprint {
-            return Err(LedgerError::CommandIdReused {
-                command_id,
-                stream: stream.to_owned(),
-            }
-            .into());
+            return Ok(Err(Reuse(Some(reuse_error(stream, command_id)))));
         }
-        Ok(Some((
+        Ok(Ok((
             outcome,
             crate::projector::api_position(kept.result.last_position),
         )))
@@ -935,15 +976,16 @@ impl Core {
         let mut entry = shared.lock().await;
         // Under the stream's lock, so that a retry racing its own first attempt waits for it
         // and then finds its answer.
-        if let Some(answered) = self
+        let mut reuse = match self
             .answered(&license_stream(id), ids.command_id, ids)
             .await?
         {
-            return Ok(answered);
-        }
+            Ok(answered) => return Ok(answered),
+            Err(reuse) => reuse,
+        };
         for _ in 0..CONFLICT_RETRIES_MAX {
             let context = self.context(actor);
-            let decision = entry.aggregate.handle(command, &context)?;
+            let decision = reuse.decided(entry.aggregate.handle(command, &context))?;
             if decision.events.is_empty() {
                 return Ok((decision.outcome, 0));
             }
@@ -989,18 +1031,19 @@ impl Core {
     ) -> Result<u64, CoreError> {
         let shared = self.domain_entry(name);
         let mut entry = shared.lock().await;
-        if let Some((_, position)) = self
+        let mut reuse = match self
             .answered(&domain_stream(name), ids.command_id, ids)
             .await?
         {
-            return Ok(position);
-        }
+            Ok((_, position)) => return Ok(position),
+            Err(reuse) => reuse,
+        };
         let answer = ids
             .fingerprint
             .map(|fingerprint| encode_answer(&fingerprint, &Outcome::Done));
         for _ in 0..CONFLICT_RETRIES_MAX {
             let context = self.context(actor);
-            let decision = entry.aggregate.handle(command, &context)?;
+            let decision = reuse.decided(entry.aggregate.handle(command, &context))?;
             if decision.events.is_empty() {
                 return Ok(0);
             }
@@ -1054,6 +1097,7 @@ impl Core {
             command_id,
             correlation_id,
             fingerprint,
+            reused: _,
         } = ids;
         // The license's append ends the command, so it keeps the answer (AUD-4).
         let license_command_id = Uuid::new_v5(&command_id, b"license");
@@ -1073,14 +1117,15 @@ impl Core {
         let domain_shared = self.domain_entry(domain);
         let mut domain_entry = domain_shared.lock().await;
         let mut license_entry = license_shared.lock().await;
-        if let Some((_, position)) = self
+        let mut reuse = match self
             .answered(&license_stream(license.as_str()), license_command_id, ids)
             .await?
         {
-            return Ok(position);
-        }
+            Ok((_, position)) => return Ok(position),
+            Err(reuse) => reuse,
+        };
         let context = self.context(actor);
-        let license_decision = license_entry.aggregate.handle(&license_command, &context)?;
+        let license_decision = license_entry.aggregate.handle(&license_command, &context);
         let domain_command = match claim {
             Some(_) => DomainCommand::Claim {
                 license: license.clone(),
@@ -1089,7 +1134,12 @@ impl Core {
                 license: license.clone(),
             },
         };
-        let domain_decision = domain_entry.aggregate.handle(&domain_command, &context)?;
+        let domain_decision = domain_entry.aggregate.handle(&domain_command, &context);
+        // Both decisions are ranked together against a reuse: the license's refusal first,
+        // as before, then the domain's.
+        let (license_decision, domain_decision) = reuse.decided(
+            license_decision.and_then(|license| domain_decision.map(|domain| (license, domain))),
+        )?;
         let meta = EventMeta {
             at: context.now,
             actor: actor.clone(),
@@ -1511,5 +1561,81 @@ mod tests {
         drop((restored, replayed, guarded));
         embedded.close().await.unwrap();
         other.close().await.unwrap();
+    }
+
+    /// ERR-1 and AUD-4 where the ledger alone knows the id (the answers cache lost it in a
+    /// crash): a reused id is decided first, so NOT_FOUND and PERMISSION_DENIED come before
+    /// its FAILED_PRECONDITION, and a reused command never appends; and the caller's word
+    /// that an id is taken (`reused`) refuses a command that would succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reused_command_id_is_refused_in_err_1_order_and_appends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(
+            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let log: Arc<dyn EventLog> = embedded.clone();
+        let core = Core::open(log.clone(), clock()).await.unwrap();
+        issue_and_add(&core, "L1", &["a@north.edu"]).await;
+        let admin = Actor::User(Email::parse("admin@north.edu").unwrap());
+        let stranger = Actor::User(Email::parse("stranger@north.edu").unwrap());
+        let add = |email: &str| LicenseCommand::AddUsers {
+            emails: vec![Email::parse(email).unwrap()],
+            channel: AdminChannel::EmailList,
+        };
+        let first = CommandIds {
+            fingerprint: Some([1; 32]),
+            ..CommandIds::fresh()
+        };
+        let other_request = CommandIds {
+            fingerprint: Some([2; 32]),
+            ..first
+        };
+        core.execute_license("L1", &admin, &add("b@north.edu"), first)
+            .await
+            .unwrap();
+        let code = |result: Result<(domain::Outcome, u64), super::CoreError>| {
+            crate::status::from_core(result.expect_err("refused")).code()
+        };
+        let before = users(&core, "L1").await;
+        let denied = core
+            .execute_license("L1", &stranger, &add("c@north.edu"), other_request)
+            .await;
+        assert_eq!(code(denied), tonic::Code::PermissionDenied);
+        let reused = core
+            .execute_license("L1", &admin, &add("c@north.edu"), other_request)
+            .await;
+        assert_eq!(code(reused), tonic::Code::FailedPrecondition);
+        let unknown = core
+            .execute_license("L9", &admin, &add("c@north.edu"), other_request)
+            .await;
+        assert_eq!(code(unknown), tonic::Code::NotFound);
+        let told = CommandIds {
+            reused: true,
+            ..CommandIds::fresh()
+        };
+        let refused = core
+            .execute_license("L1", &admin, &add("d@north.edu"), told)
+            .await;
+        assert_eq!(code(refused), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            users(&core, "L1").await,
+            before,
+            "no reused command appended"
+        );
+        let retried = core
+            .execute_license("L1", &admin, &add("b@north.edu"), first)
+            .await
+            .unwrap();
+        assert_eq!(
+            users(&core, "L1").await,
+            before,
+            "the retry appended nothing"
+        );
+        assert!(
+            retried.1 > 0,
+            "the retry answers the first append's position"
+        );
+        drop(core);
+        embedded.close().await.unwrap();
     }
 }

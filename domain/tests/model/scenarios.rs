@@ -1148,11 +1148,17 @@ fn play(path: &Path) -> Result<(), String> {
                             if *first == fingerprint {
                                 answer.clone()
                             } else {
-                                // ERR-1: a malformed request is INVALID_ARGUMENT before the
-                                // reuse is noticed; the command itself is not run.
+                                // ERR-1: INVALID_ARGUMENT, NOT_FOUND and PERMISSION_DENIED
+                                // come before the reuse's FAILED_PRECONDITION; the command is
+                                // decided on a scratch world and never applied.
                                 let mut scratch = world.clone();
                                 match scratch.command(name, &actor, &with) {
-                                    Err(failure) if failure.code == "INVALID_ARGUMENT" => {
+                                    Err(failure)
+                                        if matches!(
+                                            failure.code,
+                                            "INVALID_ARGUMENT" | "NOT_FOUND" | "PERMISSION_DENIED"
+                                        ) =>
+                                    {
                                         Err((failure.code, failure.message))
                                     }
                                     _ => Err((
