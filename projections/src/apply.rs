@@ -135,11 +135,36 @@ pub(crate) struct BatchApplier {
     /// pack: the keys of the read models packs do not hold, and two per member the plain
     /// layer has.
     plain_writes: usize,
+    /// What the fold learnt of the plain layer's member records, by license (the member
+    /// keys' scope, `scope(PREFIX_MEMBER, license)`).
+    plain_members: FxHashMap<Vec<u8>, PlainMembers>,
     /// How many events were folded.
     events: usize,
     /// An estimate of the memory the fold holds, for a rebuild's chunk budget.
     held_bytes: usize,
 }
+
+/// Whether the plain layer has member records of a license, as far as the fold asked.
+///
+/// Every new member's lookup reads the plain layer, a sled point read that found nothing
+/// for most members of an import or a rebuild: they are in packs or new. After
+/// `PLAIN_MEMBERS_PROBE_LOOKUPS_MIN` lookups of one license the fold reads the license's
+/// member range once; when it is empty the later lookups skip the plain layer. The answer
+/// holds for the whole fold because the fold writes member keys only when it finishes and
+/// the projector is the only writer.
+enum PlainMembers {
+    /// Not asked yet: this many lookups read the plain layer.
+    Unprobed(u32),
+    /// The plain layer has no member record (nor tombstone) of the license.
+    Absent,
+    /// It has some: every lookup reads it.
+    Present,
+}
+
+/// How many member lookups of one license a fold makes before it asks whether the plain
+/// layer has any of the license's members: a fold of one or a few events per license (a
+/// live batch of single commands) never pays for the range read.
+const PLAIN_MEMBERS_PROBE_LOOKUPS_MIN: u32 = 16;
 
 /// Keys and their new values (`None`: removed).
 type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
@@ -253,6 +278,7 @@ impl BatchApplier {
             changes: track_changes.then(Vec::new),
             kept_plain: FxHashSet::default(),
             plain_writes: 0,
+            plain_members: FxHashMap::default(),
             events: 0,
             held_bytes: 0,
         }
@@ -353,14 +379,71 @@ impl BatchApplier {
         Ok(self.member_entry(key)?.record.clone())
     }
 
+    /// Whether the plain layer may have member records of the license whose member key is
+    /// `key` (`PlainMembers`).
+    fn plain_may_have_members(&mut self, key: &[u8]) -> Result<bool, ProjectionError> {
+        let scope_length = key[1..]
+            .iter()
+            .position(|byte| *byte == SEPARATOR)
+            .expect("a member key has a separator after its license")
+            + 2;
+        let scope = &key[..scope_length];
+        let lookups = match self.plain_members.get_mut(scope) {
+            Some(PlainMembers::Absent) => return Ok(false),
+            Some(PlainMembers::Present) => return Ok(true),
+            Some(PlainMembers::Unprobed(lookups)) => {
+                *lookups += 1;
+                *lookups
+            }
+            None => {
+                self.plain_members
+                    .insert(scope.to_vec(), PlainMembers::Unprobed(1));
+                1
+            }
+        };
+        if lookups < PLAIN_MEMBERS_PROBE_LOOKUPS_MIN {
+            return Ok(true);
+        }
+        let present = self.tree.scan_prefix(scope).next().transpose()?.is_some();
+        self.plain_members.insert(
+            scope.to_vec(),
+            if present {
+                PlainMembers::Present
+            } else {
+                PlainMembers::Absent
+            },
+        );
+        Ok(present)
+    }
+
     /// The fold's entry of a member, read from the store the first time.
     fn member_entry(&mut self, key: Vec<u8>) -> Result<&mut MemberEntry, ProjectionError> {
+        if !self.members.contains_key(&key) {
+            let read_plain = self.plain_may_have_members(&key)?;
+            return self.read_member_entry(key, read_plain);
+        }
+        Ok(self
+            .members
+            .get_mut(&key)
+            .expect("the fold holds the member"))
+    }
+
+    /// Reads a member the fold does not hold yet from the store.
+    fn read_member_entry(
+        &mut self,
+        key: Vec<u8>,
+        read_plain: bool,
+    ) -> Result<&mut MemberEntry, ProjectionError> {
         match self.members.entry(key) {
             Entry::Occupied(entry) => Ok(entry.into_mut()),
             Entry::Vacant(entry) => {
                 // The fold writes member keys only when it finishes, so the store's value
                 // is the one before the fold.
-                let lookup = packs::get(&self.tree, &self.packs, entry.key())?;
+                let lookup = if read_plain {
+                    packs::get(&self.tree, &self.packs, entry.key())?
+                } else {
+                    packs::get_from_packs(&self.tree, &self.packs, entry.key())?
+                };
                 let stored: Option<MemberRecord> = lookup
                     .value
                     .map(|bytes| decode("member record", &bytes))

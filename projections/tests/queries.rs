@@ -1327,3 +1327,39 @@ fn a_member_the_plain_layer_holds_stays_plain_when_a_live_pack_is_written() {
             .is_some()
     );
 }
+
+#[test]
+fn a_fold_of_many_new_members_still_reads_the_plain_member_it_touches() {
+    // AUD-5 Q-2: after enough lookups of one license a fold asks once whether the plain
+    // layer has any of its members, and skips the plain layer when it has none. Here it has
+    // a@ (a batch too small for a pack left it plain), so the removal after twenty-four new
+    // members must still find a@'s plain record.
+    let mut world = World::new();
+    world.issue("L1", LicenseType::School, 100, 70);
+    world.add("L1", Actor::Staff, &["a@north.edu"]);
+    let directory = tempfile::tempdir().unwrap();
+    let projections = packing(directory.path());
+    projections.apply_batch(&world.events).unwrap();
+    let before = world.events.len();
+    let new_members: Vec<String> = (0..24).map(|index| format!("n{index}@north.edu")).collect();
+    let new_members: Vec<&str> = new_members.iter().map(String::as_str).collect();
+    world.add("L1", Actor::Staff, &new_members);
+    world.remove("L1", &["a@north.edu"]);
+    projections.apply_batch(&world.events[before..]).unwrap();
+    let reference = Projections::open_temporary().unwrap();
+    reference.apply_batch(&world.events).unwrap();
+    assert_eq!(projections.digest().unwrap(), reference.digest().unwrap());
+    assert_eq!(
+        projections
+            .member(&license_id("L1"), &email("a@north.edu"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        projections
+            .get_license(&license_id("L1"), world.now)
+            .unwrap()
+            .map(|license| license.users_count),
+        Some(24)
+    );
+}
