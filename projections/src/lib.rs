@@ -230,8 +230,9 @@ pub const LIVE_BATCH_EVENTS_MAX: usize = 256;
 pub const LIVE_DENSE_EVENTS_PER_PLAIN_KEY_MIN: usize = 16;
 /// `LiveBudget::pack_entries_min`: below it a pack would mostly add merges.
 pub const LIVE_PACK_ENTRIES_MIN: usize = 1_024;
-/// `LiveBudget::packs_max`.
-pub const LIVE_PACKS_MAX: usize = 24;
+/// `LiveBudget::packs_max`: room for two full runs of `LIVE_MERGE_FANOUT` packs and a
+/// partial one; a member lookup checks the filter of each.
+pub const LIVE_PACKS_MAX: usize = 40;
 
 impl Default for LiveBudget {
     fn default() -> Self {
