@@ -380,6 +380,9 @@ pub struct Core {
     domains: Mutex<HashMap<DomainName, Shared<EmailDomain>>>,
     indexes: RwLock<Indexes>,
     throttle: Mutex<WrongSecretThrottle>,
+    /// The most events of one append of a large decision: `ledger::APPEND_EVENTS_MAX`,
+    /// smaller in tests of chunked appends.
+    append_chunk_events_max: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -389,6 +392,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Core {
+    /// Appends large decisions in chunks of at most `events` events (tests).
+    #[cfg(test)]
+    fn with_append_chunk_events_max(mut self, events: usize) -> Self {
+        assert!((1..=ledger::APPEND_EVENTS_MAX).contains(&events));
+        self.append_chunk_events_max = events;
+        self
+    }
+
     /// Rebuilds every aggregate from the log.
     pub async fn open(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>) -> Result<Self, CoreError> {
         Self::open_from(log, clock, None).await
@@ -410,6 +421,7 @@ impl Core {
             domains: Mutex::new(HashMap::new()),
             indexes: RwLock::new(Indexes::default()),
             throttle: Mutex::new(WrongSecretThrottle::new()),
+            append_chunk_events_max: ledger::APPEND_EVENTS_MAX,
         };
         let mut from = match snapshot {
             Some(bytes) => core.restore(bytes).await?,
@@ -853,21 +865,31 @@ impl Core {
             keyed,
         } = tags;
         let mut last_position = 0;
-        let chunks_count = events.len().div_ceil(ledger::APPEND_EVENTS_MAX);
+        let chunk_events_max = self.append_chunk_events_max;
+        let chunks_count = events.len().div_ceil(chunk_events_max);
         let mut events = events.into_iter();
         for index in 0..chunks_count {
             // Each chunk is dropped once applied, so a very large decision does not hold
             // its events and their encodings all at once.
-            let chunk: Vec<Event> = events.by_ref().take(ledger::APPEND_EVENTS_MAX).collect();
+            let chunk: Vec<Event> = events.by_ref().take(chunk_events_max).collect();
             // Each chunk of a very large decision is its own append. The last one carries
             // the command's id and its answer, so that the id finds the whole command's
-            // result (AUD-4); the others' ids derive from it, so that the ledger still
-            // recognises a retried chunk of a keyed command (an unkeyed one has no retry).
+            // result (AUD-4). The others' ids derive from it, from the chunk's index and
+            // from the stream revision it starts at, so that the ledger recognises a chunk
+            // appended twice. A retry after a crash between chunks is decided again over
+            // the chunks already appended, and its chunks start at later revisions: ids
+            // derived from the index alone matched the first attempt's chunks, which hold
+            // other events, so the ledger refused the retry as a reused id and the import
+            // could only be finished under a new one.
             let last_chunk = index + 1 == chunks_count;
             let (chunk_id, chunk_answer) = if last_chunk {
                 (command_id, answer.take())
             } else {
-                (Uuid::new_v5(&command_id, &index.to_be_bytes()), None)
+                let start_revision = entry.revision.map_or(0, |r| r + 1);
+                let mut name = [0u8; 16];
+                name[..8].copy_from_slice(&(index as u64).to_be_bytes());
+                name[8..].copy_from_slice(&start_revision.to_be_bytes());
+                (Uuid::new_v5(&command_id, &name), None)
             };
             let new_events = Self::new_events(&chunk, meta, correlation_id);
             let result = self
@@ -882,9 +904,16 @@ impl Core {
                 .await?;
             let expected_last = entry.revision.map_or(0, |r| r + 1) + chunk.len() as u64 - 1;
             if result.next_expected_revision != expected_last {
-                // The ledger answered an earlier append of this command id: nothing new was
-                // written. Re-read the stream so memory matches the log.
+                // The ledger answered an earlier append of this id: nothing new was written.
+                // Re-read the stream so memory matches the log.
                 self.catch_up_license(id, entry).await?;
+                if !last_chunk {
+                    // This very chunk was appended at this revision before, unknown to
+                    // memory: the chunks after it were decided over a stale state. Nothing
+                    // more is appended; the client's retry with the same id is decided
+                    // again over the caught-up stream and appends the rest.
+                    return Err(CoreError::Contended);
+                }
                 return Ok(crate::projector::api_position(result.last_position));
             }
             {
@@ -1636,6 +1665,167 @@ mod tests {
             "the retry answers the first append's position"
         );
         drop(core);
+        embedded.close().await.unwrap();
+    }
+
+    /// A log that takes `appends_left` more appends and then fails every other one, as a
+    /// server stopped between two appends leaves its log.
+    struct StoppingLog {
+        inner: Arc<dyn EventLog>,
+        appends_left: std::sync::atomic::AtomicUsize,
+    }
+
+    impl StoppingLog {
+        fn take_append(&self) -> ledger::Result<()> {
+            use std::sync::atomic::Ordering;
+            self.appends_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .map(|_| ())
+                .map_err(|_| ledger::LedgerError::Closed)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for StoppingLog {
+        async fn append_answered(
+            &self,
+            stream: &str,
+            expected: ledger::ExpectedRevision,
+            events: Vec<ledger::NewEvent>,
+            command_id: uuid::Uuid,
+            answer: Option<Vec<u8>>,
+        ) -> ledger::Result<ledger::AppendResult> {
+            self.take_append()?;
+            self.inner
+                .append_answered(stream, expected, events, command_id, answer)
+                .await
+        }
+
+        async fn append_unkeyed(
+            &self,
+            stream: &str,
+            expected: ledger::ExpectedRevision,
+            events: Vec<ledger::NewEvent>,
+            command_id: uuid::Uuid,
+        ) -> ledger::Result<ledger::AppendResult> {
+            self.take_append()?;
+            self.inner
+                .append_unkeyed(stream, expected, events, command_id)
+                .await
+        }
+
+        async fn command_answer(
+            &self,
+            stream: &str,
+            command_id: uuid::Uuid,
+        ) -> ledger::Result<Option<ledger::CommandAnswer>> {
+            self.inner.command_answer(stream, command_id).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from_revision: u64,
+            max: usize,
+        ) -> ledger::Result<Vec<ledger::RecordedEvent>> {
+            self.inner.read_stream(stream, from_revision, max).await
+        }
+
+        async fn read_all(
+            &self,
+            from_position: u64,
+            max: usize,
+        ) -> ledger::Result<Vec<ledger::RecordedEvent>> {
+            self.inner.read_all(from_position, max).await
+        }
+
+        async fn subscribe_all(&self, from_position: u64) -> ledger::Result<ledger::Subscription> {
+            self.inner.subscribe_all(from_position).await
+        }
+
+        async fn verify(&self) -> ledger::Result<ledger::VerifyReport> {
+            self.inner.verify().await
+        }
+    }
+
+    /// A large decision is appended in chunks; a server stopped between two leaves the
+    /// first applied. The client's retry with the same command id is decided again over
+    /// them and must append the rest: its chunks start at later revisions, so their ids
+    /// differ from the first attempt's (with ids from the chunk's index alone, the ledger
+    /// refused the retry's first chunk as a reused id: FAILED_PRECONDITION, and the import
+    /// could only be finished under a new id). A further retry gets the answer back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_after_a_stop_between_chunks_appends_the_rest_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(
+            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
+        );
+        let log: Arc<dyn EventLog> = embedded.clone();
+        // The issue, then the first chunk of the import: two appends, then the stop.
+        let stopping: Arc<dyn EventLog> = Arc::new(StoppingLog {
+            inner: log.clone(),
+            appends_left: std::sync::atomic::AtomicUsize::new(2),
+        });
+        let first = Core::open(stopping, clock())
+            .await
+            .unwrap()
+            .with_append_chunk_events_max(2);
+        issue_and_add(&first, "L1", &[]).await;
+        let emails: Vec<String> = (0..5).map(|index| format!("u{index}@north.edu")).collect();
+        let import = LicenseCommand::AddUsers {
+            emails: emails.iter().map(|e| Email::parse(e).unwrap()).collect(),
+            channel: AdminChannel::EmailList,
+        };
+        let ids = CommandIds {
+            fingerprint: Some([7; 32]),
+            ..CommandIds::fresh()
+        };
+        assert!(
+            first
+                .execute_license("L1", &Actor::Staff, &import, ids)
+                .await
+                .is_err(),
+            "the log stopped after the first chunk"
+        );
+        drop(first);
+
+        let restarted = Core::open(log.clone(), clock())
+            .await
+            .unwrap()
+            .with_append_chunk_events_max(2);
+        assert_eq!(
+            users(&restarted, "L1").await,
+            Some(2),
+            "the first chunk stayed"
+        );
+        restarted
+            .execute_license("L1", &Actor::Staff, &import, ids)
+            .await
+            .unwrap();
+        assert_eq!(
+            users(&restarted, "L1").await,
+            Some(5),
+            "the retry appended the rest"
+        );
+        let appended = log.read_stream("license-L1", 0, 100).await.unwrap().len();
+        restarted
+            .execute_license("L1", &Actor::Staff, &import, ids)
+            .await
+            .unwrap();
+        assert_eq!(
+            log.read_stream("license-L1", 0, 100).await.unwrap().len(),
+            appended,
+            "a further retry appends nothing"
+        );
+        let reopened = Core::open(log.clone(), clock()).await.unwrap();
+        assert_eq!(
+            users(&reopened, "L1").await,
+            Some(5),
+            "the log holds every row once"
+        );
+        drop((restarted, reopened));
         embedded.close().await.unwrap();
     }
 }
