@@ -48,7 +48,34 @@ struct Call {
     reused: AtomicBool,
 }
 
+/// ERR-1 for a command whose id another request used: a refusal ranked after the reuse's
+/// FAILED_PRECONDITION (ALREADY_EXISTS, RESOURCE_EXHAUSTED: a throttled redeem, say) gives
+/// way to it; the ones ranked before, and failures to decide, stand.
+fn ranked_before_reuse(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::FailedPrecondition
+        | tonic::Code::AlreadyExists
+        | tonic::Code::ResourceExhausted => {
+            let mut reused = crate::status::command_id_reused();
+            crate::status::take_not_kept(&mut reused);
+            reused
+        }
+        _ => status,
+    }
+}
+
 impl Call {
+    /// The answer of a call that finds nothing to decide (UserSignedUp for a domain no
+    /// license claims, say): the empty reply, or the reuse's refusal when `once` found the
+    /// id used for another request.
+    fn nothing_to_decide<R: Default>(&self) -> Result<R, Status> {
+        if self.reused.load(Ordering::Relaxed) {
+            Err(crate::status::command_id_reused())
+        } else {
+            Ok(R::default())
+        }
+    }
+
     /// The ids the core gets: read when the command runs, after `once` looked the id up.
     fn ids(&self) -> CommandIds {
         CommandIds {
@@ -180,7 +207,10 @@ impl CommandService {
         F: std::future::Future<Output = Result<R, Status>>,
     {
         let (Some(id), Some(fingerprint)) = (&call.client_command_id, call.ids.fingerprint) else {
-            return run.await.map(Response::new);
+            return run.await.map(Response::new).map_err(|mut status| {
+                crate::status::take_not_kept(&mut status);
+                status
+            });
         };
         if let Some(stored) = self
             .outcomes
@@ -189,15 +219,27 @@ impl CommandService {
         {
             if stored.fingerprint != fingerprint {
                 // ERR-1: decided for a refusal that comes before the reuse's; the core
-                // never appends a reused command, so this is a refusal either way.
+                // never appends a reused command, and a call that finds nothing to decide
+                // answers the reuse (`Call::nothing_to_decide`). Nothing is kept: the id's
+                // first outcome is the other request's.
                 call.reused.store(true, Ordering::Relaxed);
-                let refusal = run.await.err();
-                debug_assert!(refusal.is_some(), "a reused command id was answered");
-                return Err(refusal.unwrap_or_else(|| {
-                    Status::failed_precondition(
-                        "this command id was already used for a different command; use a new id",
-                    )
-                }));
+                return match run.await {
+                    // The ledger holds this very request's answer under the id: the cache
+                    // held another request's refusal (kept by a build before the
+                    // `not kept` mark). The ledger's answer is the first outcome.
+                    Ok(reply) => {
+                        if let Err(error) =
+                            self.outcomes.put(id, fingerprint, &reply.encode_to_vec())
+                        {
+                            tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
+                        }
+                        Ok(Response::new(reply))
+                    }
+                    Err(mut status) => {
+                        crate::status::take_not_kept(&mut status);
+                        Err(ranked_before_reuse(status))
+                    }
+                };
             }
             return match stored.outcome {
                 FirstOutcome::Reply(bytes) => R::decode(bytes.as_slice())
@@ -215,8 +257,10 @@ impl CommandService {
                 }
                 Ok(Response::new(reply))
             }
-            Err(status) => {
+            Err(mut status) => {
+                let not_kept = crate::status::take_not_kept(&mut status);
                 if is_decided_refusal(status.code())
+                    && !not_kept
                     && let Err(error) =
                         self.outcomes
                             .put_refusal(id, fingerprint, status.code(), status.message())
@@ -719,7 +763,7 @@ impl LicenseCommands for CommandService {
         require_integration(&call.actor)?;
         let run = async {
             let Some(license) = self.core.claim_of(&DomainName::of(&email)) else {
-                return Ok(LicenseNameReply::default());
+                return call.nothing_to_decide();
             };
             let (outcome, position) = self
                 .license(
@@ -750,7 +794,7 @@ impl LicenseCommands for CommandService {
         require_integration(&call.actor)?;
         let run = async {
             let Some(license) = self.core.claim_of(&domain) else {
-                return Ok(AutomaticReply::default());
+                return call.nothing_to_decide();
             };
             let (outcome, position) = self
                 .license(
@@ -776,10 +820,10 @@ impl LicenseCommands for CommandService {
         require_integration(&call.actor)?;
         let run = async {
             if !r.kami_assignment {
-                return Ok(LicenseNameReply::default());
+                return call.nothing_to_decide();
             }
             let Some(license) = self.core.auto_enrollment_license(&teacher).await else {
-                return Ok(LicenseNameReply::default());
+                return call.nothing_to_decide();
             };
             let command = LicenseCommand::AssignmentOpened {
                 teacher,

@@ -100,8 +100,12 @@ impl Reuse {
     /// The decision's outcome, or the reuse's refusal when it is not outranked.
     fn decided<T>(&mut self, decision: Result<T, DomainError>) -> Result<T, CoreError> {
         match (decision, self.0.take()) {
-            (Err(error), Some(reuse)) if !ranks_before_reuse(&error) => Err(reuse),
-            (Err(error), _) => Err(error.into()),
+            (Err(error), Some(reuse)) => Err(if ranks_before_reuse(&error) {
+                CoreError::Reused(Box::new(error.into()))
+            } else {
+                reuse
+            }),
+            (Err(error), None) => Err(error.into()),
             (Ok(_), Some(reuse)) => Err(reuse),
             (Ok(decision), None) => Ok(decision),
         }
@@ -170,6 +174,11 @@ pub enum CoreError {
     Contended,
     #[error("an event in the log cannot be read: {0}")]
     Decode(String),
+    /// A refusal decided for a command whose id was already used for another command
+    /// (ERR-1 ranks it before the reuse): it is not the id's first outcome, so the answers
+    /// cache must not keep it under the id.
+    #[error(transparent)]
+    Reused(Box<CoreError>),
 }
 
 /// A stored event decoded for the domain.

@@ -19,18 +19,44 @@ pub fn from_domain(error: &DomainError) -> Status {
     }
 }
 
+/// Metadata `from_core` puts on a refusal that is not the command's own first outcome: a
+/// command id's reuse, a refusal decided under a reused id, a disk that refused the write.
+/// The answers cache does not keep such a refusal under the id (a retry with the same id
+/// must get the first request's outcome, or be decided again once the disk has room);
+/// `take_not_kept` reads and removes the mark before the client sees it.
+const NOT_KEPT_METADATA: &str = "x-ledger-not-kept";
+
+fn not_kept(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        NOT_KEPT_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// Whether `status` was marked as not the command's first outcome; removes the mark.
+pub fn take_not_kept(status: &mut Status) -> bool {
+    status.metadata_mut().remove(NOT_KEPT_METADATA).is_some()
+}
+
+/// A command id already used for another command (AUD-4).
+pub fn command_id_reused() -> Status {
+    not_kept(Status::failed_precondition(
+        "this command id was already used for a different command; use a new id",
+    ))
+}
+
 pub fn from_core(error: CoreError) -> Status {
     match error {
         CoreError::Domain(error) => from_domain(&error),
-        CoreError::Ledger(LedgerError::CommandIdReused { .. }) => Status::failed_precondition(
-            "this command id was already used for a different command; use a new id",
-        ),
+        CoreError::Reused(error) => not_kept(from_core(*error)),
+        CoreError::Ledger(LedgerError::CommandIdReused { .. }) => command_id_reused(),
         CoreError::Ledger(LedgerError::InvalidAppend(reason)) => {
             Status::resource_exhausted(format!("the command is too large for one append: {reason}"))
         }
         CoreError::Ledger(LedgerError::Disk(failure)) => {
             tracing::error!(%failure, "the event log's disk refused a write");
-            from_disk(failure.problem)
+            not_kept(from_disk(failure.problem))
         }
         CoreError::Ledger(error) => {
             tracing::error!(%error, "ledger failure");

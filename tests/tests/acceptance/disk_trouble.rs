@@ -186,18 +186,26 @@ async fn a_full_disk_refuses_commands_and_loses_nothing_acknowledged() {
     let filler = fill_up(fs.path());
     // The log's last page may still hold a few small events; the first command that needs
     // a new page is refused.
+    // Each issue carries a command id, so that the refused one can be retried with it.
+    let with_id = |license: &str| {
+        let mut request = staff(issue(license));
+        request
+            .metadata_mut()
+            .insert("x-command-id", format!("issue-{license}").parse().unwrap());
+        request
+    };
     let mut refusal = None;
     for i in 1..=COMMANDS_AFTER_FULL_MAX {
         let license = format!("L{i}");
-        match commands.issue_license(staff(issue(&license))).await {
+        match commands.issue_license(with_id(&license)).await {
             Ok(_) => acknowledged.push(license),
             Err(status) => {
-                refusal = Some(status);
+                refusal = Some((status, license));
                 break;
             }
         }
     }
-    let refusal = refusal.expect("a command is refused once the disk is full");
+    let (refusal, refused) = refusal.expect("a command is refused once the disk is full");
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     let message = refusal.message();
     for part in [
@@ -239,6 +247,13 @@ async fn a_full_disk_refuses_commands_and_loses_nothing_acknowledged() {
         .issue_license(staff(issue("after-the-restart")))
         .await
         .expect("with space freed and a restart, commands are taken again");
+    // AUD-4: the full disk was not the command's outcome (the message says to retry with
+    // the same x-command-id): the retry is decided again and applied, not refused from a
+    // kept answer.
+    commands
+        .issue_license(with_id(&refused))
+        .await
+        .expect("the refused command, retried with its id after the restart, is applied");
     server.stop().await.unwrap();
 }
 

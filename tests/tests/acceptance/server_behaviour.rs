@@ -299,6 +299,27 @@ async fn command_answers_survive_losing_the_answers_cache() {
 
     let server = Server::start(dir.path(), Limits::default()).await;
     let mut commands = server.commands().await;
+    // Other requests under a used id come first, while only the log knows the id: they
+    // are refused (ERR-1: NOT_FOUND before the reuse's FAILED_PRECONDITION), and their
+    // refusals are not kept under the id, whose first outcome is the first request's.
+    let reused = commands
+        .add_users_by_email(with_header(
+            request(add("D1", "c@north.edu"), None),
+            "x-command-id",
+            "add-ab",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    let unknown = commands
+        .add_users_by_email(with_header(
+            request(add("D9", "c@north.edu"), None),
+            "x-command-id",
+            "add-ab",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     let retried = send_with_ids(&mut commands).await;
     assert_eq!(retried.issue, first.issue, "IssueLicense");
     assert_eq!(
