@@ -396,6 +396,7 @@ impl BatchApplier {
                 *lookups
             }
             None => {
+                self.held_bytes += scope.len() + FOLD_ENTRY_OVERHEAD_BYTES;
                 self.plain_members
                     .insert(scope.to_vec(), PlainMembers::Unprobed(1));
                 1
