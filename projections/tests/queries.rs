@@ -1290,19 +1290,21 @@ fn packing(directory: &std::path::Path) -> Projections {
         })
 }
 
-#[test]
-fn a_member_the_plain_layer_holds_stays_plain_when_a_live_pack_is_written() {
-    // AUD-5 Q-2 Q-3: a batch too small for a pack leaves a@ as plain keys; a later batch
-    // that packs b@ and c@ also removes a@. The removal must go where a@'s keys are, or
-    // the older plain keys would hide it.
+/// Packing projections in `directory` (`packing`) where a batch too small for a pack left
+/// a@ of L1 plain, then one more batch: `change`'s events and a@'s removal. Asserts they
+/// read as projections that were only ever plain (AUD-5) and that a@ is gone; returns them
+/// with the history.
+fn packing_over_a_removed_plain_member(
+    directory: &std::path::Path,
+    change: impl FnOnce(&mut World),
+) -> (Projections, World) {
     let mut world = World::new();
-    world.issue("L1", LicenseType::School, 10, 70);
+    world.issue("L1", LicenseType::School, 100, 70);
     world.add("L1", Actor::Staff, &["a@north.edu"]);
-    let directory = tempfile::tempdir().unwrap();
-    let projections = packing(directory.path());
+    let projections = packing(directory);
     projections.apply_batch(&world.events).unwrap();
     let before = world.events.len();
-    world.add("L1", Actor::Staff, &["b@north.edu", "c@north.edu"]);
+    change(&mut world);
     world.remove("L1", &["a@north.edu"]);
     projections.apply_batch(&world.events[before..]).unwrap();
     let reference = Projections::open_temporary().unwrap();
@@ -1314,6 +1316,18 @@ fn a_member_the_plain_layer_holds_stays_plain_when_a_live_pack_is_written() {
             .unwrap(),
         None
     );
+    (projections, world)
+}
+
+#[test]
+fn a_member_the_plain_layer_holds_stays_plain_when_a_live_pack_is_written() {
+    // AUD-5 Q-2 Q-3: a batch too small for a pack leaves a@ as plain keys; a later batch
+    // that packs b@ and c@ also removes a@. The removal must go where a@'s keys are, or
+    // the older plain keys would hide it.
+    let directory = tempfile::tempdir().unwrap();
+    let (projections, _) = packing_over_a_removed_plain_member(directory.path(), |world| {
+        world.add("L1", Actor::Staff, &["b@north.edu", "c@north.edu"]);
+    });
     assert!(
         projections
             .licenses_of_user(&email("a@north.edu"))
@@ -1334,27 +1348,12 @@ fn a_fold_of_many_new_members_still_reads_the_plain_member_it_touches() {
     // layer has any of its members, and skips the plain layer when it has none. Here it has
     // a@ (a batch too small for a pack left it plain), so the removal after twenty-four new
     // members must still find a@'s plain record.
-    let mut world = World::new();
-    world.issue("L1", LicenseType::School, 100, 70);
-    world.add("L1", Actor::Staff, &["a@north.edu"]);
     let directory = tempfile::tempdir().unwrap();
-    let projections = packing(directory.path());
-    projections.apply_batch(&world.events).unwrap();
-    let before = world.events.len();
-    let new_members: Vec<String> = (0..24).map(|index| format!("n{index}@north.edu")).collect();
-    let new_members: Vec<&str> = new_members.iter().map(String::as_str).collect();
-    world.add("L1", Actor::Staff, &new_members);
-    world.remove("L1", &["a@north.edu"]);
-    projections.apply_batch(&world.events[before..]).unwrap();
-    let reference = Projections::open_temporary().unwrap();
-    reference.apply_batch(&world.events).unwrap();
-    assert_eq!(projections.digest().unwrap(), reference.digest().unwrap());
-    assert_eq!(
-        projections
-            .member(&license_id("L1"), &email("a@north.edu"))
-            .unwrap(),
-        None
-    );
+    let (projections, world) = packing_over_a_removed_plain_member(directory.path(), |world| {
+        let new_members: Vec<String> = (0..24).map(|index| format!("n{index}@north.edu")).collect();
+        let new_members: Vec<&str> = new_members.iter().map(String::as_str).collect();
+        world.add("L1", Actor::Staff, &new_members);
+    });
     assert_eq!(
         projections
             .get_license(&license_id("L1"), world.now)

@@ -12,7 +12,7 @@ use proto::license_queries_client::LicenseQueriesClient;
 use server::{Limits, ManualClock, Scope, ServerConfig, Tokens};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
 
 const STAFF: &str = "staff-token-for-acceptance";
 const SYSTEM: &str = "system-token-for-acceptance";
@@ -302,23 +302,9 @@ async fn command_answers_survive_losing_the_answers_cache() {
     // Other requests under a used id come first, while only the log knows the id: they
     // are refused (ERR-1: NOT_FOUND before the reuse's FAILED_PRECONDITION), and their
     // refusals are not kept under the id, whose first outcome is the first request's.
-    let reused = commands
-        .add_users_by_email(with_header(
-            request(add("D1", "c@north.edu"), None),
-            "x-command-id",
-            "add-ab",
-        ))
-        .await
-        .unwrap_err();
+    let reused = add_c_under_a_used_id(&mut commands, "D1").await;
     assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
-    let unknown = commands
-        .add_users_by_email(with_header(
-            request(add("D9", "c@north.edu"), None),
-            "x-command-id",
-            "add-ab",
-        ))
-        .await
-        .unwrap_err();
+    let unknown = add_c_under_a_used_id(&mut commands, "D9").await;
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     let retried = send_with_ids(&mut commands).await;
     assert_eq!(retried.issue, first.issue, "IssueLicense");
@@ -328,17 +314,25 @@ async fn command_answers_survive_losing_the_answers_cache() {
     );
     assert_eq!(retried.grant, first.grant, "GrantDomainAdmin");
     assert_eq!(retried.claim, first.claim, "ClaimDomain");
-    let reused = commands
+    let reused = add_c_under_a_used_id(&mut commands, "D1").await;
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    assert_eq!(users_count(&server, "D1", first.claim.position).await, 2);
+    server.stop().await;
+}
+
+/// Adds c@ to `license` under `send_with_ids`'s id of another add; returns the refusal.
+async fn add_c_under_a_used_id(
+    commands: &mut LicenseCommandsClient<Channel>,
+    license: &str,
+) -> Status {
+    commands
         .add_users_by_email(with_header(
-            request(add("D1", "c@north.edu"), None),
+            request(add(license, "c@north.edu"), None),
             "x-command-id",
             "add-ab",
         ))
         .await
-        .unwrap_err();
-    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
-    assert_eq!(users_count(&server, "D1", first.claim.position).await, 2);
-    server.stop().await;
+        .expect_err("the id is another request's")
 }
 
 /// The four command paths of `send_with_ids` without `x-command-id`, on other names.
