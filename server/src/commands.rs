@@ -55,11 +55,7 @@ fn ranked_before_reuse(status: Status) -> Status {
     match status.code() {
         tonic::Code::FailedPrecondition
         | tonic::Code::AlreadyExists
-        | tonic::Code::ResourceExhausted => {
-            let mut reused = crate::status::command_id_reused();
-            crate::status::take_not_kept(&mut reused);
-            reused
-        }
+        | tonic::Code::ResourceExhausted => crate::status::command_id_reused(),
         _ => status,
     }
 }
@@ -174,6 +170,15 @@ impl CommandService {
         })
     }
 
+    /// Keeps a command's reply in the answers cache under its id. The command is done and
+    /// its answer is in the log with its events; a cache that cannot take it must not turn
+    /// that success into an error.
+    fn keep_reply<R: Message>(&self, id: &str, fingerprint: [u8; 32], reply: &R) {
+        if let Err(error) = self.outcomes.put(id, fingerprint, &reply.encode_to_vec()) {
+            tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
+        }
+    }
+
     /// AUD-4: a command retried with the same id gets its first answer back and appends
     /// nothing; the same id for a different command is FAILED_PRECONDITION.
     async fn once<R, F>(&self, call: &Call, run: F) -> Result<Response<R>, Status>
@@ -224,15 +229,13 @@ impl CommandService {
                 // first outcome is the other request's.
                 call.reused.store(true, Ordering::Relaxed);
                 return match run.await {
-                    // The ledger holds this very request's answer under the id: the cache
-                    // held another request's refusal (kept by a build before the
-                    // `not kept` mark). The ledger's answer is the first outcome.
+                    // The ledger holds this very request's answer under the id, and the
+                    // cache another request's outcome: a decision that appended nothing on
+                    // another stream after the cache lost this one (the ledger keeps ids per
+                    // append), or a refusal a build before the `not kept` mark kept. The
+                    // ledger's answer is the first outcome, and the cache takes it back.
                     Ok(reply) => {
-                        if let Err(error) =
-                            self.outcomes.put(id, fingerprint, &reply.encode_to_vec())
-                        {
-                            tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
-                        }
+                        self.keep_reply(id, fingerprint, &reply);
                         Ok(Response::new(reply))
                     }
                     Err(mut status) => {
@@ -250,11 +253,7 @@ impl CommandService {
         }
         match run.await {
             Ok(reply) => {
-                // The command is done and its answer is in the log with its events; a cache
-                // that cannot take it must not turn that success into an error.
-                if let Err(error) = self.outcomes.put(id, fingerprint, &reply.encode_to_vec()) {
-                    tracing::warn!(%error, command_id = %id, "the answers cache did not take an answer");
-                }
+                self.keep_reply(id, fingerprint, &reply);
                 Ok(Response::new(reply))
             }
             Err(mut status) => {

@@ -41,16 +41,16 @@ pub fn take_not_kept(status: &mut Status) -> bool {
 
 /// A command id already used for another command (AUD-4).
 pub fn command_id_reused() -> Status {
-    not_kept(Status::failed_precondition(
+    Status::failed_precondition(
         "this command id was already used for a different command; use a new id",
-    ))
+    )
 }
 
 pub fn from_core(error: CoreError) -> Status {
     match error {
         CoreError::Domain(error) => from_domain(&error),
         CoreError::Reused(error) => not_kept(from_core(*error)),
-        CoreError::Ledger(LedgerError::CommandIdReused { .. }) => command_id_reused(),
+        CoreError::Ledger(LedgerError::CommandIdReused { .. }) => not_kept(command_id_reused()),
         CoreError::Ledger(LedgerError::InvalidAppend(reason)) => {
             Status::resource_exhausted(format!("the command is too large for one append: {reason}"))
         }
