@@ -406,14 +406,14 @@ impl BatchApplier {
             return Ok(true);
         }
         let present = self.tree.scan_prefix(scope).next().transpose()?.is_some();
-        self.plain_members.insert(
-            scope.to_vec(),
-            if present {
-                PlainMembers::Present
-            } else {
-                PlainMembers::Absent
-            },
-        );
+        *self
+            .plain_members
+            .get_mut(scope)
+            .expect("the license's lookups were counted above") = if present {
+            PlainMembers::Present
+        } else {
+            PlainMembers::Absent
+        };
         Ok(present)
     }
 
