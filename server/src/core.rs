@@ -1359,7 +1359,7 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::CommandIds;
@@ -1374,6 +1374,14 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    /// An embedded log in `folder`, and the same as the trait object the core takes.
+    pub(crate) fn embedded_log(folder: &std::path::Path) -> (Arc<EmbeddedLog>, Arc<dyn EventLog>) {
+        let embedded =
+            Arc::new(EmbeddedLog::open(folder.join("log"), EmbeddedOptions::default()).unwrap());
+        let log: Arc<dyn EventLog> = embedded.clone();
+        (embedded, log)
     }
 
     fn clock() -> Arc<ManualClock> {
@@ -1487,10 +1495,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_license_admins_index_follows_grants_and_revocations() {
         let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(
-            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let log: Arc<dyn EventLog> = embedded.clone();
+        let (embedded, log) = embedded_log(dir.path());
         let core = Core::open(log.clone(), clock()).await.unwrap();
         let issuer = Email::parse("admin@north.edu").unwrap();
         let granted = Email::parse("second@north.edu").unwrap();
@@ -1536,10 +1541,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_shortens_start_up_and_only_fits_its_own_log() {
         let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(
-            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let log: Arc<dyn EventLog> = embedded.clone();
+        let (embedded, log) = embedded_log(dir.path());
         let first = Core::open(log.clone(), clock()).await.unwrap();
         issue_and_add(&first, "L1", &["a@north.edu", "b@north.edu"]).await;
         let snapshot = first.snapshot().await.unwrap();
@@ -1573,10 +1575,7 @@ mod tests {
 
         // A snapshot of another log, even a longer one, is refused.
         let other_dir = tempfile::tempdir().unwrap();
-        let other = Arc::new(
-            EmbeddedLog::open(other_dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let other_log: Arc<dyn EventLog> = other.clone();
+        let (other, other_log) = embedded_log(other_dir.path());
         let other_core = Core::open(other_log.clone(), clock()).await.unwrap();
         issue_and_add(
             &other_core,
@@ -1608,10 +1607,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reused_command_id_is_refused_in_err_1_order_and_appends_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(
-            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let log: Arc<dyn EventLog> = embedded.clone();
+        let (embedded, log) = embedded_log(dir.path());
         let core = Core::open(log.clone(), clock()).await.unwrap();
         issue_and_add(&core, "L1", &["a@north.edu"]).await;
         let admin = Actor::User(Email::parse("admin@north.edu").unwrap());
@@ -1768,10 +1764,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retry_after_a_stop_between_chunks_appends_the_rest_once() {
         let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(
-            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let log: Arc<dyn EventLog> = embedded.clone();
+        let (embedded, log) = embedded_log(dir.path());
         // The issue, then the first chunk of the import: two appends, then the stop.
         let stopping: Arc<dyn EventLog> = Arc::new(StoppingLog {
             inner: log.clone(),

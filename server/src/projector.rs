@@ -272,7 +272,6 @@ mod tests {
     use crate::core::CommandIds;
     use chrono::{DateTime, Utc};
     use domain::{Actor, AdminChannel, Email, LicenseCommand, LicenseId, LicenseType, Secret};
-    use ledger::{EmbeddedLog, EmbeddedOptions, EventLog};
     use projections::Projections;
 
     use super::*;
@@ -289,10 +288,7 @@ mod tests {
     async fn projections_of_another_schema_version_are_rebuilt_and_swapped_in() {
         // AUD-5, issue 4: a schema change rebuilds a fresh generation from the log.
         let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(
-            EmbeddedLog::open(dir.path().join("log"), EmbeddedOptions::default()).unwrap(),
-        );
-        let log: Arc<dyn EventLog> = embedded.clone();
+        let (embedded, log) = crate::core::tests::embedded_log(dir.path());
         let core = Core::open(
             log.clone(),
             Arc::new(ManualClock::new(at("2026-09-01T00:00:00Z"))),
