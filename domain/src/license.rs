@@ -304,6 +304,16 @@ impl License {
         state.decide(command, ctx)
     }
 
+    /// Makes room for `additional` more members at once, before a large decision's events
+    /// are applied one by one: a member table grown step by step holds its old and its new
+    /// buckets side by side at each step, the last one at the end of a million-row import,
+    /// when memory is fullest (issue 7). Nothing a decision sees changes.
+    pub fn reserve_members(&mut self, additional: usize) {
+        if let Some(state) = &mut self.state {
+            state.members.reserve(additional);
+        }
+    }
+
     /// Folds one recorded event into the state. Events come from the log, which only holds
     /// what `handle` decided, so an event that does not fit the state is a bug: it is
     /// asserted in debug builds and skipped in release builds rather than corrupting state.

@@ -8,7 +8,7 @@
 //! second writer on the same log (KurrentDB) is caught and the decision is retried on fresh
 //! state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -280,6 +280,12 @@ impl<Hasher: std::hash::BuildHasher> MemberLicenses<Hasher> {
         self.hasher.hash_one(email.as_str())
     }
 
+    /// Makes room for `additional` members of one license each, at once
+    /// (`Core::reserve_for_newcomers`).
+    fn reserve(&mut self, additional: usize) {
+        self.of_one.reserve(additional);
+    }
+
     /// `email` became a member of license `id` (it was not one a moment before).
     fn insert(&mut self, email: &Email, id: &str) {
         let number = self.number(id);
@@ -392,6 +398,31 @@ pub struct Core {
     /// The most events of one append of a large decision: `ledger::APPEND_EVENTS_MAX`,
     /// smaller in tests of chunked appends.
     append_chunk_events_max: usize,
+}
+
+/// A decision of at least this many events has its newcomers' room made at once
+/// (`Core::reserve_for_newcomers`); smaller ones grow the tables as they go.
+const RESERVE_DECISION_EVENTS_MIN: usize = 4_096;
+
+/// Splits a decision's events into the chunks appended one by one, each its own vector, so
+/// that each chunk's memory goes once it is applied. Taken from one vector of a million
+/// events, every chunk kept the whole vector alive until the last one was applied, when
+/// memory is fullest (issue 7). The split copies one chunk at a time from the back, so the
+/// events are held twice only while the decision's own working sets are already gone.
+fn split_into_chunks(mut events: Vec<Event>, chunk_events_max: usize) -> VecDeque<Vec<Event>> {
+    assert!(chunk_events_max > 0, "a chunk holds at least one event");
+    let mut chunks = VecDeque::with_capacity(events.len().div_ceil(chunk_events_max));
+    if events.len() > chunk_events_max {
+        while events.len() > chunk_events_max {
+            let last_chunk_start = (events.len() - 1) / chunk_events_max * chunk_events_max;
+            chunks.push_front(events.split_off(last_chunk_start));
+        }
+        events.shrink_to_fit();
+    }
+    if !events.is_empty() {
+        chunks.push_front(events);
+    }
+    chunks
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -874,13 +905,17 @@ impl Core {
             keyed,
         } = tags;
         let mut last_position = 0;
-        let chunk_events_max = self.append_chunk_events_max;
-        let chunks_count = events.len().div_ceil(chunk_events_max);
-        let mut events = events.into_iter();
+        Self::reserve_for_newcomers(
+            &mut self.indexes.write().unwrap_or_else(|p| p.into_inner()),
+            entry,
+            &events,
+        );
+        let mut chunks = split_into_chunks(events, self.append_chunk_events_max);
+        let chunks_count = chunks.len();
         for index in 0..chunks_count {
             // Each chunk is dropped once applied, so a very large decision does not hold
             // its events and their encodings all at once.
-            let chunk: Vec<Event> = events.by_ref().take(chunk_events_max).collect();
+            let chunk = chunks.pop_front().expect("one chunk per index");
             // Each chunk of a very large decision is its own append. The last one carries
             // the command's id and its answer, so that the id finds the whole command's
             // result (AUD-4). The others' ids derive from it, from the chunk's index and
@@ -936,6 +971,33 @@ impl Core {
             last_position = crate::projector::api_position(result.last_position);
         }
         Ok(last_position)
+    }
+
+    /// Makes room at once for the members a large decision brings to a license, in the
+    /// aggregate and in the member index. Grown step by step, each table holds its old and
+    /// its new buckets side by side at every step, and the last step of a 1,000,000-row
+    /// import comes when memory is fullest: its last chunk applied, the import's emails and
+    /// the projector's work still held (issue 7).
+    fn reserve_for_newcomers(indexes: &mut Indexes, entry: &mut Entry<License>, events: &[Event]) {
+        if events.len() < RESERVE_DECISION_EVENTS_MIN {
+            return;
+        }
+        let Some(state) = entry.aggregate.state() else {
+            return;
+        };
+        let newcomers = events
+            .iter()
+            .filter(|event| {
+                matches!(
+                    event,
+                    Event::UserAdded(_) | Event::InviteSent(_) | Event::UserWaitlisted(_)
+                ) && event
+                    .member_email()
+                    .is_some_and(|email| state.member(email).is_none())
+            })
+            .count();
+        entry.aggregate.reserve_members(newcomers);
+        indexes.licenses_of_member.reserve(newcomers);
     }
 
     /// Appends with the command's id remembered for the client's retries when the client
@@ -1369,6 +1431,36 @@ pub(crate) mod tests {
 
     use super::Core;
     use crate::clock::ManualClock;
+
+    /// A large decision's chunks are its events in order, every chunk but the last full,
+    /// each its own vector (so that each one's memory goes once it is applied).
+    #[test]
+    fn a_decision_splits_into_full_chunks_in_order() {
+        let events = |count: usize| -> Vec<domain::events::Event> {
+            (0..count)
+                .map(|index| {
+                    domain::events::SeatsChanged {
+                        seats: u32::try_from(index).expect("a small count"),
+                        previous_seats: 0,
+                    }
+                    .into()
+                })
+                .collect()
+        };
+        for (count, chunk_events_max, sizes) in [
+            (0, 3, vec![]),
+            (2, 3, vec![2]),
+            (3, 3, vec![3]),
+            (7, 3, vec![3, 3, 1]),
+            (9, 3, vec![3, 3, 3]),
+        ] {
+            let chunks = super::split_into_chunks(events(count), chunk_events_max);
+            let chunk_sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+            assert_eq!(chunk_sizes, sizes, "{count} events in chunks of {chunk_events_max}");
+            let joined: Vec<domain::events::Event> = chunks.into_iter().flatten().collect();
+            assert_eq!(joined, events(count), "the events keep their order");
+        }
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
