@@ -16,7 +16,9 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod license;
+mod member_table;
 pub mod query;
+mod shared_str;
 pub mod throttle;
 pub mod values;
 

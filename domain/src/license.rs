@@ -25,6 +25,7 @@ use crate::events::{
     OuSyncConfirmed, OuSyncCounts, OuSyncHeld, OuSynced, OuUnlinked, RemovalReason, SeatsChanged,
     UserAdded, UserPromoted, UserRemoved, UserWaitlisted,
 };
+use crate::member_table::MemberTable;
 use crate::values::{
     Actor, COURSE_ID_LENGTH_MAX_BYTES, DomainName, Email, FeatureName, LicenseId, LicenseType,
     OuPath, Role, SEATS_MAX, SEATS_MIN, Secret, Source, Status,
@@ -120,10 +121,10 @@ pub struct LicenseState {
     features_by_role: BTreeMap<Role, BTreeMap<FeatureName, bool>>,
     ou_paths: Vec<OuPath>,
     held_sync: Option<HeldSync>,
-    /// Boxed: a license of a million members then keeps a 32-byte table entry per member
-    /// instead of about 140, and the table's growth (old and new table side by side while
-    /// it rehashes) peaked at 380 MB in a 1,000,000-row import instead of about 90 (issue 7).
-    members: HashMap<Email, Box<Member>>,
+    /// Dense: the members side by side, a 32-bit position per hash bucket
+    /// (`MemberTable`). Boxed members in a `HashMap` took about 76 MB at a million members,
+    /// unboxed ones about 140 MB and, while the table rehashed, twice that (issue 7).
+    members: MemberTable,
     counts: StatusCounts,
     /// Waitlisted members by ticket, oldest first.
     waitlist: BTreeMap<u64, Email>,
@@ -366,7 +367,7 @@ impl LicenseState {
             features_by_role: BTreeMap::new(),
             ou_paths: Vec::new(),
             held_sync: None,
-            members: HashMap::new(),
+            members: MemberTable::default(),
             counts: StatusCounts::default(),
             waitlist: BTreeMap::new(),
             next_waitlist_ticket: 0,
@@ -422,13 +423,11 @@ impl LicenseState {
         self.held_sync.as_ref()
     }
     pub fn member(&self, email: &Email) -> Option<&Member> {
-        self.members.get(email).map(|member| &**member)
+        self.members.get(email)
     }
     /// Every member, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = (&Email, &Member)> {
-        self.members
-            .iter()
-            .map(|(email, member)| (email, &**member))
+        self.members.iter()
     }
     pub fn counts(&self) -> StatusCounts {
         self.counts
@@ -1219,14 +1218,14 @@ impl LicenseState {
         self.former_members.remove(email);
         self.members.insert(
             email.clone(),
-            Box::new(Member {
+            Member {
                 status,
                 source,
                 role,
                 added_at: meta.at,
                 added_by: meta.actor.clone(),
                 waitlist_ticket,
-            }),
+            },
         );
     }
 
@@ -1547,5 +1546,26 @@ mod tests {
             "Member is {} bytes",
             std::mem::size_of::<super::Member>()
         );
+    }
+}
+
+/// A member to put in tables under test, different for each `seed`.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::num::NonZeroU64;
+
+    use super::Member;
+    use crate::values::{Actor, Role, Source, Status};
+
+    pub(crate) fn member(seed: u64) -> Member {
+        Member {
+            status: [Status::Accepted, Status::Invited, Status::Waitlisted][seed as usize % 3],
+            source: Source::Csv,
+            role: Role::Other,
+            added_at: chrono::DateTime::from_timestamp(i64::try_from(seed).unwrap_or(0), 0)
+                .expect("a time in range"),
+            added_by: Actor::Staff,
+            waitlist_ticket: NonZeroU64::new(seed + 1),
+        }
     }
 }

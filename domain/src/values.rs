@@ -2,8 +2,8 @@
 //! get an `Email` or a `LicenseId` is through the rules of SPEC §1, so the aggregates never
 //! re-check them.
 
+use crate::shared_str::SharedStr;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,10 +102,11 @@ fn check_domain_shape(domain: &str) -> Result<(), Reason> {
 ///
 /// Shared, not copied, when cloned: one import of a million rows holds each email in the
 /// command, in its event and in the license aggregate at the same moment, and the three
-/// share one allocation (that moment was the server's memory peak, issue 7).
+/// share one allocation (that moment was the server's memory peak, issue 7). The handle is
+/// one pointer wide (`SharedStr`), half of an `Arc<str>`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Email(Arc<str>);
+pub struct Email(SharedStr);
 
 impl Serialize for Email {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -148,7 +149,7 @@ impl Email {
                 "email is longer than {EMAIL_LENGTH_MAX_BYTES} characters"
             ));
         }
-        Ok(Self(Arc::from(lowered)))
+        Ok(Self(SharedStr::new(&lowered)))
     }
 
     pub fn as_str(&self) -> &str {

@@ -1456,7 +1456,10 @@ pub(crate) mod tests {
         ] {
             let chunks = super::split_into_chunks(events(count), chunk_events_max);
             let chunk_sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
-            assert_eq!(chunk_sizes, sizes, "{count} events in chunks of {chunk_events_max}");
+            assert_eq!(
+                chunk_sizes, sizes,
+                "{count} events in chunks of {chunk_events_max}"
+            );
             let joined: Vec<domain::events::Event> = chunks.into_iter().flatten().collect();
             assert_eq!(joined, events(count), "the events keep their order");
         }
