@@ -182,9 +182,9 @@ impl<'de> Deserialize<'de> for MemberTable {
     }
 }
 
-/// The most members a decoded snapshot's count reserves room for at once; a larger table
-/// grows as its members are read.
-const SNAPSHOT_RESERVE_MEMBERS_MAX: usize = 4_000_000;
+/// The most members a decoded snapshot's count reserves room for at once (about 60 MB);
+/// a larger table grows as its members are read, so a corrupt count costs no more.
+const SNAPSHOT_RESERVE_MEMBERS_MAX: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {

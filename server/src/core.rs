@@ -905,11 +905,7 @@ impl Core {
             keyed,
         } = tags;
         let mut last_position = 0;
-        Self::reserve_for_newcomers(
-            &mut self.indexes.write().unwrap_or_else(|p| p.into_inner()),
-            entry,
-            &events,
-        );
+        self.reserve_for_newcomers(entry, &events);
         let mut chunks = split_into_chunks(events, self.append_chunk_events_max);
         let chunks_count = chunks.len();
         for index in 0..chunks_count {
@@ -978,7 +974,7 @@ impl Core {
     /// its new buckets side by side at every step, and the last step of a 1,000,000-row
     /// import comes when memory is fullest: its last chunk applied, the import's emails and
     /// the projector's work still held (issue 7).
-    fn reserve_for_newcomers(indexes: &mut Indexes, entry: &mut Entry<License>, events: &[Event]) {
+    fn reserve_for_newcomers(&self, entry: &mut Entry<License>, events: &[Event]) {
         if events.len() < RESERVE_DECISION_EVENTS_MIN {
             return;
         }
@@ -997,7 +993,12 @@ impl Core {
             })
             .count();
         entry.aggregate.reserve_members(newcomers);
-        indexes.licenses_of_member.reserve(newcomers);
+        // The shared indexes are locked only to grow, not while the newcomers are counted.
+        self.indexes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .licenses_of_member
+            .reserve(newcomers);
     }
 
     /// Appends with the command's id remembered for the client's retries when the client
