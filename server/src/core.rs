@@ -1851,6 +1851,66 @@ pub(crate) mod tests {
         }
     }
 
+    /// A decision large enough to have its newcomers' room made at once, appended in several
+    /// chunks, leaves the aggregate and the member index as small appends would: every
+    /// newcomer a member exactly once, each found by the index, and a core reopened from the
+    /// log agrees.
+    #[tokio::test]
+    async fn a_large_chunked_import_leaves_every_member_in_the_aggregate_and_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (embedded, log) = embedded_log(dir.path());
+        let core = Core::open(log.clone(), clock())
+            .await
+            .unwrap()
+            .with_append_chunk_events_max(1_000);
+        let issue = LicenseCommand::Issue {
+            license: LicenseId::parse("L1").unwrap(),
+            license_type: LicenseType::District,
+            seats: 20_000,
+            valid_from: at("2026-08-01T00:00:00Z"),
+            valid_until: at("2027-07-31T23:59:59Z"),
+            admins: vec![Email::parse("admin@north.edu").unwrap()],
+            key: Secret::new(format!("L1-key-{}", "k".repeat(24))).unwrap(),
+            link: Secret::new("l".repeat(24)).unwrap(),
+        };
+        core.execute_license("L1", &Actor::Staff, &issue, CommandIds::fresh())
+            .await
+            .unwrap();
+        // Two members before the import: they are not newcomers.
+        add(&core, "L1", &["u0@north.edu", "u1@north.edu"]).await;
+        let count = super::RESERVE_DECISION_EVENTS_MIN + 1_500;
+        let emails: Vec<Email> = (0..count)
+            .map(|index| Email::parse(&format!("u{index}@north.edu")).unwrap())
+            .collect();
+        let import = LicenseCommand::AddUsers {
+            emails: emails.clone(),
+            channel: AdminChannel::Csv,
+        };
+        let (outcome, _) = core
+            .execute_license("L1", &Actor::Staff, &import, CommandIds::fresh())
+            .await
+            .unwrap();
+        let domain::Outcome::UsersAdded(summary) = outcome else {
+            panic!("an import answers with its counts, not {outcome:?}");
+        };
+        assert_eq!((summary.added, summary.unchanged), (count as u64 - 2, 2));
+        assert_eq!(users(&core, "L1").await, Some(count as u64));
+        {
+            let indexes = core.indexes.read().unwrap();
+            for email in &emails {
+                assert_eq!(
+                    indexes.licenses_of_member.licenses(email),
+                    ["L1"],
+                    "{email}"
+                );
+            }
+        }
+        let reopened = Core::open(log.clone(), clock()).await.unwrap();
+        assert_eq!(users(&reopened, "L1").await, Some(count as u64));
+        drop((core, reopened));
+        embedded.close().await.unwrap();
+    }
+
     /// A large decision is appended in chunks; a server stopped between two leaves the
     /// first applied. The client's retry with the same command id is decided again over
     /// them and must append the rest: its chunks start at later revisions, so their ids
