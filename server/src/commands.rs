@@ -271,6 +271,34 @@ impl CommandService {
         }
     }
 
+    /// ERR-1 ranks RESOURCE_EXHAUSTED last, so an import over a size limit to a license that
+    /// does not exist, that the caller may not change or that has expired gets that refusal
+    /// instead: an empty batch of the same kind is decided (it appends nothing) to find it.
+    async fn ranked_before_limit(
+        &self,
+        call: &Call,
+        license: &LicenseId,
+        remove: bool,
+        limit: Status,
+    ) -> Status {
+        let command = if remove {
+            LicenseCommand::RemoveUsers { emails: Vec::new() }
+        } else {
+            LicenseCommand::AddUsers {
+                emails: Vec::new(),
+                channel: AdminChannel::Csv,
+            }
+        };
+        match self
+            .core
+            .refusal_of(license.as_str(), &call.actor, &command)
+            .await
+        {
+            Err(refusal) => from_core(refusal),
+            Ok(()) => limit,
+        }
+    }
+
     async fn license(
         &self,
         call: &Call,
@@ -463,6 +491,9 @@ impl LicenseCommands for CommandService {
             }
         };
         let remove = requests::import_csv_removes(&start)?;
+        // Parsed before the file, so that an invalid license id is INVALID_ARGUMENT even for a
+        // file over a limit (ERR-1 ranks INVALID_ARGUMENT first).
+        let license = parse_license(&start.license)?;
         // The whole file feeds the fingerprint, so a retried import is recognised and a
         // different file under the same id is refused.
         let mut hasher = Sha256::new();
@@ -487,10 +518,13 @@ impl LicenseCommands for CommandService {
             };
             bytes_seen += data.len() as u64;
             if bytes_seen > self.csv_import_bytes_max {
-                return Err(Status::resource_exhausted(format!(
+                let limit = Status::resource_exhausted(format!(
                     "the CSV file is larger than {} bytes; split it into several imports",
                     self.csv_import_bytes_max
-                )));
+                ));
+                return Err(self
+                    .ranked_before_limit(&call, &license, remove, limit)
+                    .await);
             }
             hasher.update(&data);
             parser
@@ -501,17 +535,19 @@ impl LicenseCommands for CommandService {
             // their number is bounded as they arrive: a file over the batch limit is
             // refused at once instead of after its last byte (ERR-3).
             if emails.len() > domain::license::ADMIN_BATCH_ENTRIES_MAX {
-                return Err(Status::resource_exhausted(format!(
+                let limit = Status::resource_exhausted(format!(
                     "the CSV file has more than {} rows; split it into several imports",
                     domain::license::ADMIN_BATCH_ENTRIES_MAX
-                )));
+                ));
+                return Err(self
+                    .ranked_before_limit(&call, &license, remove, limit)
+                    .await);
             }
         }
         parser
             .finish(&mut rows)
             .map_err(|e| from_domain(&e.into()))?;
         drain(&mut rows, &mut emails, &mut errors);
-        let license = parse_license(&start.license)?;
         let fingerprint_input: [u8; 32] = hasher.finalize().into();
         let call = call.fingerprinted("ImportCsv", &fingerprint_input);
         let run = async {

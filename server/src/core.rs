@@ -1051,6 +1051,28 @@ impl Core {
         )))
     }
 
+    /// Decides `command` on one license and appends nothing, for a refusal that ERR-1 ranks
+    /// before one the server found itself (an import over a size limit is RESOURCE_EXHAUSTED,
+    /// ranked last): `Err` is the decision's own refusal.
+    pub async fn refusal_of(
+        &self,
+        id: &str,
+        actor: &Actor,
+        command: &LicenseCommand,
+    ) -> Result<(), CoreError> {
+        let context = self.context(actor);
+        match self.existing_license(id) {
+            Some(shared) => {
+                let entry = shared.lock().await;
+                entry.aggregate.handle(command, &context)?;
+            }
+            None => {
+                License::default().handle(command, &context)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Decides a command on one license and appends its events.
     pub async fn execute_license(
         &self,

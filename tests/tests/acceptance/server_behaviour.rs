@@ -638,6 +638,60 @@ async fn oversized_messages_and_csv_streams_are_resource_exhausted() {
     server.stop().await;
 }
 
+/// ERR-1 ranks RESOURCE_EXHAUSTED last: a CSV over the size limit sent to a license id that
+/// is invalid, to a license that does not exist, or by a user who is not the license's admin
+/// gets INVALID_ARGUMENT, NOT_FOUND or PERMISSION_DENIED, as the same import under the limit
+/// would; only the license's own admin hears that the file is too large. Nothing is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_import_gets_the_refusals_err_1_ranks_before_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        csv_import_bytes_max: 8 * 1024,
+        ..Limits::default()
+    };
+    let server = Server::start(dir.path(), limits).await;
+    let mut commands = server.commands().await;
+    let issued = commands
+        .issue_license(request(issue("L1", "school", 100_000), None))
+        .await
+        .unwrap()
+        .into_inner();
+    let oversized = |license: &str| {
+        let mut chunks = vec![proto::ImportCsvChunk {
+            part: Some(proto::import_csv_chunk::Part::Start(
+                proto::ImportCsvStart {
+                    license: license.into(),
+                    mode: "add".into(),
+                },
+            )),
+        }];
+        let rows: String = std::iter::once("Email\n".to_owned())
+            .chain((0..2_000).map(|i| format!("row{i}@north.edu\n")))
+            .collect();
+        for piece in rows.as_bytes().chunks(4 * 1024) {
+            chunks.push(proto::ImportCsvChunk {
+                part: Some(proto::import_csv_chunk::Part::Data(piece.to_vec())),
+            });
+        }
+        tokio_stream::iter(chunks)
+    };
+    for (license, actor, code) in [
+        ("not a license id!", None, Code::InvalidArgument),
+        ("L9", None, Code::NotFound),
+        ("L1", Some("stranger@north.edu"), Code::PermissionDenied),
+        ("L1", Some("admin@north.edu"), Code::ResourceExhausted),
+        ("L1", None, Code::ResourceExhausted),
+    ] {
+        let refused = commands
+            .import_csv(request(oversized(license), actor))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{license} by {actor:?}: {refused:?}");
+    }
+    assert_eq!(users_count(&server, "L1", issued.position).await, 0);
+    server.stop().await;
+}
+
 /// Calls one RPC by path with an empty message and the given header, and returns the code
 /// of the answer. Every RPC authenticates before it reads its request, so an empty message
 /// is enough to see how it treats the credentials.
