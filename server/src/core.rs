@@ -1506,11 +1506,12 @@ pub(crate) mod tests {
         Arc::new(ManualClock::new(at("2026-09-01T00:00:00Z")))
     }
 
-    async fn issue_and_add(core: &Core, license: &str, emails: &[&str]) {
+    /// Issues `license` with `seats` seats, one admin and its own key.
+    async fn issue(core: &Core, license: &str, license_type: LicenseType, seats: u32) {
         let issue = LicenseCommand::Issue {
             license: LicenseId::parse(license).unwrap(),
-            license_type: LicenseType::School,
-            seats: 50,
+            license_type,
+            seats,
             valid_from: at("2026-08-01T00:00:00Z"),
             valid_until: at("2027-07-31T23:59:59Z"),
             admins: vec![Email::parse("admin@north.edu").unwrap()],
@@ -1520,6 +1521,10 @@ pub(crate) mod tests {
         core.execute_license(license, &Actor::Staff, &issue, CommandIds::fresh())
             .await
             .unwrap();
+    }
+
+    async fn issue_and_add(core: &Core, license: &str, emails: &[&str]) {
+        issue(core, license, LicenseType::School, 50).await;
         add(core, license, emails).await;
     }
 
@@ -1885,19 +1890,7 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .with_append_chunk_events_max(1_000);
-        let issue = LicenseCommand::Issue {
-            license: LicenseId::parse("L1").unwrap(),
-            license_type: LicenseType::District,
-            seats: 20_000,
-            valid_from: at("2026-08-01T00:00:00Z"),
-            valid_until: at("2027-07-31T23:59:59Z"),
-            admins: vec![Email::parse("admin@north.edu").unwrap()],
-            key: Secret::new(format!("L1-key-{}", "k".repeat(24))).unwrap(),
-            link: Secret::new("l".repeat(24)).unwrap(),
-        };
-        core.execute_license("L1", &Actor::Staff, &issue, CommandIds::fresh())
-            .await
-            .unwrap();
+        issue(&core, "L1", LicenseType::District, 20_000).await;
         // Two members before the import: they are not newcomers.
         add(&core, "L1", &["u0@north.edu", "u1@north.edu"]).await;
         let count = super::RESERVE_DECISION_EVENTS_MIN + 1_500;
