@@ -550,6 +550,16 @@ impl EventLog for KurrentLog {
         Ok(Some(CommandAnswer { result, answer }))
     }
 
+    async fn command_stream(&self, command_id: Uuid) -> Result<Option<String>> {
+        // The marker names the stream. Without one (the process died between an append and
+        // its marker) the id's stream is unknown here; `command_answer` still finds the
+        // answer on the stream's last event for the command's own retry.
+        Ok(self
+            .read_marker(command_id)
+            .await?
+            .map(|marker| marker.stream))
+    }
+
     async fn read_stream(
         &self,
         stream: &str,

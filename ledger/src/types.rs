@@ -421,6 +421,14 @@ pub trait EventLog: Send + Sync {
     async fn command_answer(&self, stream: &str, command_id: Uuid)
     -> Result<Option<CommandAnswer>>;
 
+    /// The stream an append remembered for retries was made on with `command_id`
+    /// (`append`, `append_answered`; not `append_unkeyed`), whichever stream it is.
+    /// The server asks when a command under a client's id appends nothing, so that an id
+    /// already used on another stream is refused as the append would have been (AUD-4).
+    /// Answers for the appends already acknowledged; `None` when the backend has no record
+    /// of the id.
+    async fn command_stream(&self, command_id: Uuid) -> Result<Option<String>>;
+
     /// Up to `max` events of `stream` from revision `from_revision` on, in order.
     async fn read_stream(
         &self,

@@ -286,6 +286,9 @@ async fn command_answers_are_kept(log: &dyn EventLog, prefix: &str) {
     let kept = log.command_answer(&s, cmd).await.unwrap().unwrap();
     assert_eq!(kept.result, first);
     assert_eq!(kept.answer, b"first answer");
+    // The id's stream is found without naming it; an unknown id has none.
+    assert_eq!(log.command_stream(cmd).await.unwrap(), Some(s.clone()));
+    assert_eq!(log.command_stream(Uuid::new_v4()).await.unwrap(), None);
     let again = log
         .append_answered(
             &s,

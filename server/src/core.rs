@@ -1051,6 +1051,24 @@ impl Core {
         )))
     }
 
+    /// AUD-4 for a command under a client's id that appends nothing: it never meets the
+    /// ledger's own check of the id, so an id the ledger holds for another stream (the
+    /// server's answers cache, which would have said so, lost it in a crash) is refused
+    /// here as the append would have been. Only this path pays the lookup.
+    async fn refuse_if_used_elsewhere(
+        &self,
+        stream: &str,
+        ids: CommandIds,
+    ) -> Result<(), CoreError> {
+        if ids.fingerprint.is_none() {
+            return Ok(());
+        }
+        match self.log.command_stream(ids.command_id).await? {
+            Some(used_on) if used_on != stream => Err(reuse_error(stream, ids.command_id)),
+            _ => Ok(()),
+        }
+    }
+
     /// Decides `command` on one license and appends nothing, for a refusal that ERR-1 ranks
     /// before one the server found itself (an import over a size limit is RESOURCE_EXHAUSTED,
     /// ranked last): `Err` is the decision's own refusal.
@@ -1110,6 +1128,8 @@ impl Core {
             let context = self.context(actor);
             let decision = reuse.decided(entry.aggregate.handle(command, &context))?;
             if decision.events.is_empty() {
+                self.refuse_if_used_elsewhere(&license_stream(id), ids)
+                    .await?;
                 return Ok((decision.outcome, 0));
             }
             let meta = EventMeta {
@@ -1168,6 +1188,8 @@ impl Core {
             let context = self.context(actor);
             let decision = reuse.decided(entry.aggregate.handle(command, &context))?;
             if decision.events.is_empty() {
+                self.refuse_if_used_elsewhere(&domain_stream(name), ids)
+                    .await?;
                 return Ok(0);
             }
             let meta = EventMeta {
@@ -1792,6 +1814,21 @@ pub(crate) mod tests {
             retried.1 > 0,
             "the retry answers the first append's position"
         );
+        // AUD-4: on another license, the same id with a command that appends nothing (its
+        // user is already a member) is refused too, though no append meets the ledger's
+        // check of the id; with a fresh id the same command succeeds.
+        issue_and_add(&core, "L2", &["a@north.edu"]).await;
+        let unchanged = core
+            .execute_license("L2", &admin, &add("a@north.edu"), other_request)
+            .await;
+        assert_eq!(code(unchanged), tonic::Code::FailedPrecondition);
+        let fresh = CommandIds {
+            fingerprint: Some([3; 32]),
+            ..CommandIds::fresh()
+        };
+        core.execute_license("L2", &admin, &add("a@north.edu"), fresh)
+            .await
+            .expect("an unused id with nothing to append succeeds");
         drop(core);
         embedded.close().await.unwrap();
     }
@@ -1850,6 +1887,10 @@ pub(crate) mod tests {
             command_id: uuid::Uuid,
         ) -> ledger::Result<Option<ledger::CommandAnswer>> {
             self.inner.command_answer(stream, command_id).await
+        }
+
+        async fn command_stream(&self, command_id: uuid::Uuid) -> ledger::Result<Option<String>> {
+            self.inner.command_stream(command_id).await
         }
 
         async fn read_stream(

@@ -574,6 +574,17 @@ impl EventLog for EmbeddedLog {
         }))
     }
 
+    async fn command_stream(&self, command_id: Uuid) -> Result<Option<String>> {
+        // One point read, as in `command_answer`.
+        self.index_caught_up().await?;
+        Ok(self
+            .inner
+            .shared
+            .index
+            .command(command_id)?
+            .map(|record| record.stream))
+    }
+
     async fn read_stream(
         &self,
         stream: &str,
