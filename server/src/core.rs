@@ -8,7 +8,7 @@
 //! second writer on the same log (KurrentDB) is caught and the decision is retried on fresh
 //! state.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -409,19 +409,21 @@ const RESERVE_DECISION_EVENTS_MIN: usize = 4_096;
 /// events, every chunk kept the whole vector alive until the last one was applied, when
 /// memory is fullest (issue 7). The split copies one chunk at a time from the back, so the
 /// events are held twice only while the decision's own working sets are already gone.
-fn split_into_chunks(mut events: Vec<Event>, chunk_events_max: usize) -> VecDeque<Vec<Event>> {
+fn split_into_chunks(mut events: Vec<Event>, chunk_events_max: usize) -> Vec<Vec<Event>> {
     assert!(chunk_events_max > 0, "a chunk holds at least one event");
-    let mut chunks = VecDeque::with_capacity(events.len().div_ceil(chunk_events_max));
+    let mut chunks = Vec::with_capacity(events.len().div_ceil(chunk_events_max));
     if events.len() > chunk_events_max {
         while events.len() > chunk_events_max {
             let last_chunk_start = (events.len() - 1) / chunk_events_max * chunk_events_max;
-            chunks.push_front(events.split_off(last_chunk_start));
+            chunks.push(events.split_off(last_chunk_start));
         }
         events.shrink_to_fit();
     }
     if !events.is_empty() {
-        chunks.push_front(events);
+        chunks.push(events);
     }
+    // Split from the back, so the first chunk came last.
+    chunks.reverse();
     chunks
 }
 
@@ -906,12 +908,11 @@ impl Core {
         } = tags;
         let mut last_position = 0;
         self.reserve_for_newcomers(entry, &events);
-        let mut chunks = split_into_chunks(events, self.append_chunk_events_max);
+        let chunks = split_into_chunks(events, self.append_chunk_events_max);
         let chunks_count = chunks.len();
-        for index in 0..chunks_count {
-            // Each chunk is dropped once applied, so a very large decision does not hold
-            // its events and their encodings all at once.
-            let chunk = chunks.pop_front().expect("one chunk per index");
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            // Each chunk is moved out of the list and dropped once applied, so a very large
+            // decision does not hold its events and their encodings all at once.
             // Each chunk of a very large decision is its own append. The last one carries
             // the command's id and its answer, so that the id finds the whole command's
             // result (AUD-4). The others' ids derive from it, from the chunk's index and
