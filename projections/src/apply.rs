@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -142,6 +143,75 @@ pub(crate) struct BatchApplier {
     events: usize,
     /// An estimate of the memory the fold holds, for a rebuild's chunk budget.
     held_bytes: usize,
+    /// A rebuild's previous chunk while a writer thread stores it (`Rebuild`): the fold
+    /// reads what that chunk changed from here, because the store does not have all of it
+    /// yet. `None` once the chunk is stored, and always in the live projector.
+    previous: Option<Arc<FoldedChunk>>,
+}
+
+/// What a rebuild's finished chunk changed, decoded, kept for the next chunk's fold while
+/// a writer thread encodes and stores it (`BatchApplier::finish_chunk`).
+pub(crate) struct FoldedChunk {
+    licenses: HashMap<String, Option<LicenseRecord>>,
+    members: FxHashMap<Vec<u8>, MemberEntry>,
+    /// The chunk's writes of the plain keys a fold reads back besides license records
+    /// (`READ_BACK_PREFIXES`).
+    read_back: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// The prefixes of the plain keys other than license records that a fold reads
+/// (`BatchApplier::raw`): a release reads the domain's claim.
+const READ_BACK_PREFIXES: [u8; 1] = [PREFIX_CLAIM];
+
+impl FoldedChunk {
+    /// Every key the chunk changed with its new value (`None`: removed), in key order:
+    /// `writes` (the fold's own) with the license and member records encoded.
+    pub(crate) fn sorted_writes(&self, mut writes: Writes) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        for (id, record) in &self.licenses {
+            if let Some(record) = record {
+                writes.insert(single(PREFIX_LICENSE, id.as_bytes()), Some(encode(record)));
+            }
+        }
+        for (key, member) in &self.members {
+            match member_write(member) {
+                None => {}
+                Some(MemberWrite::Put(value)) => {
+                    writes.insert(key.clone(), Some(value));
+                }
+                Some(MemberWrite::Delete) => {
+                    writes.insert(key.clone(), None);
+                }
+                Some(MemberWrite::Forget) => {
+                    writes.remove(key);
+                }
+            }
+        }
+        let mut sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes.into_iter().collect();
+        sorted.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        sorted
+    }
+}
+
+/// What a finished fold writes for one member's record key.
+enum MemberWrite {
+    Put(Vec<u8>),
+    Delete,
+    /// The store never held the key: whatever the fold wrote to it goes unwritten.
+    Forget,
+}
+
+/// The write a finished fold makes for a member (`None`: it did not change). A removed
+/// member that a pack holds leaves a tombstone (`remove_member_key`).
+fn member_write(member: &MemberEntry) -> Option<MemberWrite> {
+    if !member.changed {
+        return None;
+    }
+    Some(match &member.record {
+        Some(record) => MemberWrite::Put(encode(record)),
+        None if member.held_by_pack => MemberWrite::Put(packs::TOMBSTONE.to_vec()),
+        None if member.stored.is_some() => MemberWrite::Delete,
+        None => MemberWrite::Forget,
+    })
 }
 
 /// Whether the plain layer has member records of a license, as far as the fold asked.
@@ -167,7 +237,7 @@ enum PlainMembers {
 const PLAIN_MEMBERS_PROBE_LOOKUPS_MIN: u32 = 16;
 
 /// Keys and their new values (`None`: removed).
-type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type Writes = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// A live fold's writes, split by the layer they go to (`BatchApplier::finish_live`).
 pub(crate) struct LiveWrites {
@@ -211,6 +281,27 @@ struct MemberEntry {
     /// so its user -> license key: both are always written to the same layer.
     plain: bool,
     changed: bool,
+}
+
+impl MemberEntry {
+    /// The entry a fold reading the store finds once a rebuild's chunk holding this one
+    /// is written: a changed member is then in the chunk's pack, as its record or as a
+    /// tombstone (`member_write`, `packs::get`).
+    fn once_written(&self) -> MemberEntry {
+        assert!(!self.plain, "a rebuild writes no plain member keys");
+        let (stored, held_by_pack) = if self.changed {
+            (self.record.clone(), self.record.is_some())
+        } else {
+            (self.stored.clone(), self.held_by_pack)
+        };
+        MemberEntry {
+            record: stored.clone(),
+            stored,
+            held_by_pack,
+            plain: false,
+            changed: false,
+        }
+    }
 }
 
 /// Estimated bytes of one entry of the fold's maps beyond its key and value bytes
@@ -281,7 +372,21 @@ impl BatchApplier {
             plain_members: FxHashMap::default(),
             events: 0,
             held_bytes: 0,
+            previous: None,
         }
+    }
+
+    /// A rebuild's fold of the chunk after `previous`, which a writer thread is storing.
+    pub(crate) fn after(mut self, previous: Arc<FoldedChunk>) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    /// The previous chunk is stored now, and `packs` include its pack: the fold reads
+    /// the store alone again.
+    pub(crate) fn previous_stored(&mut self, packs: packs::PackIds) {
+        self.previous = None;
+        self.packs = packs;
     }
 
     /// How many events were folded.
@@ -302,6 +407,17 @@ impl BatchApplier {
     fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
         if let Some(pending) = self.writes.get(key) {
             return Ok(pending.clone());
+        }
+        if let Some(previous) = &self.previous {
+            // License records come from `previous.licenses` (`take_license`), which
+            // missed this one if it is one.
+            assert!(
+                key[0] == PREFIX_LICENSE || READ_BACK_PREFIXES.contains(&key[0]),
+                "a fold reads back only the plain keys a finished chunk keeps"
+            );
+            if let Some(written) = previous.read_back.get(key) {
+                return Ok(written.clone());
+            }
         }
         Ok(self.tree.get(key)?.map(|value| value.to_vec()))
     }
@@ -363,6 +479,11 @@ impl BatchApplier {
                 self.held_bytes += id.len() + FOLD_LICENSE_RECORD_BYTES;
                 // A license the fold touches is written when it finishes.
                 self.plain_writes += 1;
+                if let Some(previous) = &self.previous
+                    && let Some(record) = previous.licenses.get(id)
+                {
+                    return Ok(record.clone());
+                }
                 self.raw(&single(PREFIX_LICENSE, id.as_bytes()))?
                     .map(|bytes| decode("license record", &bytes))
                     .transpose()
@@ -420,6 +541,15 @@ impl BatchApplier {
     /// The fold's entry of a member, read from the store the first time.
     fn member_entry(&mut self, key: Vec<u8>) -> Result<&mut MemberEntry, ProjectionError> {
         if !self.members.contains_key(&key) {
+            if let Some(written) = self
+                .previous
+                .as_ref()
+                .and_then(|previous| previous.members.get(&key))
+            {
+                let entry = written.once_written();
+                self.held_bytes += key.len() + FOLD_ENTRY_OVERHEAD_BYTES + FOLD_MEMBER_RECORD_BYTES;
+                return Ok(self.members.entry(key).or_insert(entry));
+            }
             let read_plain = self.plain_may_have_members(&key)?;
             return self.read_member_entry(key, read_plain);
         }
@@ -484,13 +614,8 @@ impl BatchApplier {
         record.history_open.push(position);
     }
 
-    /// Every record the fold changed and the membership changes.
-    fn into_writes(self) -> (Writes, Option<Vec<MembershipChange>>) {
-        let (writes, _, changes) = self.into_parts();
-        (writes, changes)
-    }
-
-    /// `into_writes`, with the keys that stay plain (`kept_plain`).
+    /// Every record the fold changed, the keys that stay plain (`kept_plain`) and the
+    /// membership changes.
     fn into_parts(mut self) -> (Writes, FxHashSet<Vec<u8>>, Option<Vec<MembershipChange>>) {
         for (id, record) in std::mem::take(&mut self.licenses) {
             let key = single(PREFIX_LICENSE, id.as_bytes());
@@ -499,18 +624,40 @@ impl BatchApplier {
             }
         }
         for (key, member) in std::mem::take(&mut self.members) {
-            if !member.changed {
+            let Some(write) = member_write(&member) else {
                 continue;
-            }
+            };
             if member.plain {
                 self.kept_plain.insert(key.clone());
             }
-            match member.record {
-                Some(record) => self.put(key, encode(&record)),
-                None => self.remove_member_key(key, member.stored.is_some(), member.held_by_pack),
+            match write {
+                MemberWrite::Put(value) => self.put(key, value),
+                MemberWrite::Delete => self.delete(key),
+                MemberWrite::Forget => self.forget(&key),
             }
         }
         (self.writes, self.kept_plain, self.changes)
+    }
+
+    /// A rebuild's finished chunk, to be stored by a writer thread while the next chunk's
+    /// fold reads it (`FoldedChunk::sorted_writes` gives its writes).
+    pub(crate) fn finish_chunk(self) -> (Arc<FoldedChunk>, Writes) {
+        assert!(
+            self.changes.is_none(),
+            "a rebuild keeps no membership changes"
+        );
+        let read_back = self
+            .writes
+            .iter()
+            .filter(|(key, _)| READ_BACK_PREFIXES.contains(&key[0]))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let folded = FoldedChunk {
+            licenses: self.licenses,
+            members: self.members,
+            read_back,
+        };
+        (Arc::new(folded), self.writes)
     }
 
     /// A live fold's writes split by layer: the entries a live pack may take, in key order
@@ -533,14 +680,6 @@ impl BatchApplier {
             plain,
             changes: changes.unwrap_or_default(),
         }
-    }
-
-    /// A rebuild's chunk: every record the fold changed, in key order.
-    pub(crate) fn finish_sorted(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let (writes, _) = self.into_writes();
-        let mut sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes.into_iter().collect();
-        sorted.sort_unstable_by(|left, right| left.0.cmp(&right.0));
-        sorted
     }
 
     pub(crate) fn apply(&mut self, projected: &ProjectedEvent) -> Result<(), ProjectionError> {
