@@ -104,9 +104,28 @@ fn check_domain_shape(domain: &str) -> Result<(), Reason> {
 /// command, in its event and in the license aggregate at the same moment, and the three
 /// share one allocation (that moment was the server's memory peak, issue 7). The handle is
 /// one pointer wide (`SharedStr`), half of an `Arc<str>`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Email(SharedStr);
+
+impl<'de> Deserialize<'de> for Email {
+    /// Parses the string in place (`Email::parse`): a replay decodes millions of stored
+    /// emails, and going through an owned `String` first cost an allocation each.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EmailVisitor;
+        impl serde::de::Visitor<'_> for EmailVisitor {
+            type Value = Email;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("an email address")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Email, E> {
+                Email::parse(value).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(EmailVisitor)
+    }
+}
 
 impl Serialize for Email {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -129,7 +148,16 @@ impl Email {
                 trimmed.len()
             ));
         }
-        let lowered = trimmed.to_lowercase();
+        // Almost every email is already lower-case ASCII (every stored one is): then it
+        // is its own lower-cased form, and no copy is made.
+        let canonical = trimmed
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && !byte.is_ascii_uppercase());
+        let lowered: std::borrow::Cow<'_, str> = if canonical {
+            std::borrow::Cow::Borrowed(trimmed)
+        } else {
+            std::borrow::Cow::Owned(trimmed.to_lowercase())
+        };
         if lowered.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("an email cannot contain spaces".into());
         }
@@ -553,6 +581,34 @@ mod tests {
             "a@b@north.edu",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_decoded_email_is_parsed_like_a_typed_one() {
+        // SPEC §1: stored and received emails go through the same normalisation and
+        // checks, whether already canonical (the fast path) or not.
+        let decode = |raw: &str| rmp_serde::from_slice::<Email>(&rmp_serde::to_vec(raw).unwrap());
+        assert_eq!(
+            decode("a.thomas@north.edu").unwrap().as_str(),
+            "a.thomas@north.edu"
+        );
+        assert_eq!(
+            decode(" A.Thomas@North.EDU").unwrap().as_str(),
+            "a.thomas@north.edu"
+        );
+        assert_eq!(decode("ÅSA@north.edu").unwrap().as_str(), "åsa@north.edu");
+        for bad in [
+            "a@north",
+            "a b@north.edu",
+            "a@b@north.edu",
+            "a\u{7f}@north.edu",
+        ] {
+            let error = decode(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("domain") || error.contains("email"),
+                "{bad:?}: {error}"
+            );
         }
     }
 

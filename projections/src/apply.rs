@@ -149,6 +149,13 @@ pub(crate) struct BatchApplier {
     previous: Option<Arc<FoldedChunk>>,
 }
 
+/// How many entries a fold's maps hold (`BatchApplier::sizes`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FoldSizes {
+    members: usize,
+    writes: usize,
+}
+
 /// What a rebuild's finished chunk changed, decoded, kept for the next chunk's fold while
 /// a writer thread encodes and stores it (`BatchApplier::finish_chunk`).
 pub(crate) struct FoldedChunk {
@@ -166,28 +173,30 @@ const READ_BACK_PREFIXES: [u8; 1] = [PREFIX_CLAIM];
 impl FoldedChunk {
     /// Every key the chunk changed with its new value (`None`: removed), in key order:
     /// `writes` (the fold's own) with the license and member records encoded.
-    pub(crate) fn sorted_writes(&self, mut writes: Writes) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub(crate) fn sorted_writes(&self, writes: Writes) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        // License and member record keys are never among a fold's own writes (they are
+        // written only here and by `into_parts`), so the three lists simply go together;
+        // the order check below would catch a key twice.
+        let mut sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            Vec::with_capacity(writes.len() + self.licenses.len() + self.members.len());
+        sorted.extend(writes);
         for (id, record) in &self.licenses {
             if let Some(record) = record {
-                writes.insert(single(PREFIX_LICENSE, id.as_bytes()), Some(encode(record)));
+                sorted.push((single(PREFIX_LICENSE, id.as_bytes()), Some(encode(record))));
             }
         }
         for (key, member) in &self.members {
             match member_write(member) {
-                None => {}
-                Some(MemberWrite::Put(value)) => {
-                    writes.insert(key.clone(), Some(value));
-                }
-                Some(MemberWrite::Delete) => {
-                    writes.insert(key.clone(), None);
-                }
-                Some(MemberWrite::Forget) => {
-                    writes.remove(key);
-                }
+                None | Some(MemberWrite::Forget) => {}
+                Some(MemberWrite::Put(value)) => sorted.push((key.clone(), Some(value))),
+                Some(MemberWrite::Delete) => sorted.push((key.clone(), None)),
             }
         }
-        let mut sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes.into_iter().collect();
         sorted.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        assert!(
+            sorted.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "a chunk writes each key once"
+        );
         sorted
     }
 }
@@ -382,6 +391,22 @@ impl BatchApplier {
         self
     }
 
+    /// How many members and other keys the fold holds, to size the next chunk's fold.
+    pub(crate) fn sizes(&self) -> FoldSizes {
+        FoldSizes {
+            members: self.members.len(),
+            writes: self.writes.len(),
+        }
+    }
+
+    /// Makes room for a fold of about `sizes` at once: growing the maps one doubling at
+    /// a time moves every entry again each time (a profile of a rebuild put a tenth of
+    /// the fold's time there).
+    pub(crate) fn reserve(&mut self, sizes: FoldSizes) {
+        self.members.reserve(sizes.members);
+        self.writes.reserve(sizes.writes);
+    }
+
     /// The previous chunk is stored now, and `packs` include its pack: the fold reads
     /// the store alone again.
     pub(crate) fn previous_stored(&mut self, packs: packs::PackIds) {
@@ -497,7 +522,7 @@ impl BatchApplier {
         email: &str,
     ) -> Result<Option<MemberRecord>, ProjectionError> {
         let key = pair(PREFIX_MEMBER, license.as_bytes(), email.as_bytes());
-        Ok(self.member_entry(key)?.record.clone())
+        Ok(self.member_entry(&key)?.record.clone())
     }
 
     /// Whether the plain layer may have member records of the license whose member key is
@@ -539,23 +564,23 @@ impl BatchApplier {
     }
 
     /// The fold's entry of a member, read from the store the first time.
-    fn member_entry(&mut self, key: Vec<u8>) -> Result<&mut MemberEntry, ProjectionError> {
-        if !self.members.contains_key(&key) {
+    fn member_entry(&mut self, key: &[u8]) -> Result<&mut MemberEntry, ProjectionError> {
+        if !self.members.contains_key(key) {
             if let Some(written) = self
                 .previous
                 .as_ref()
-                .and_then(|previous| previous.members.get(&key))
+                .and_then(|previous| previous.members.get(key))
             {
                 let entry = written.once_written();
                 self.held_bytes += key.len() + FOLD_ENTRY_OVERHEAD_BYTES + FOLD_MEMBER_RECORD_BYTES;
-                return Ok(self.members.entry(key).or_insert(entry));
+                return Ok(self.members.entry(key.to_vec()).or_insert(entry));
             }
-            let read_plain = self.plain_may_have_members(&key)?;
-            return self.read_member_entry(key, read_plain);
+            let read_plain = self.plain_may_have_members(key)?;
+            return self.read_member_entry(key.to_vec(), read_plain);
         }
         Ok(self
             .members
-            .get_mut(&key)
+            .get_mut(key)
             .expect("the fold holds the member"))
     }
 
@@ -1006,18 +1031,13 @@ impl BatchApplier {
     ) -> Result<(), ProjectionError> {
         let id = context.license;
         let member_key = pair(PREFIX_MEMBER, id.as_bytes(), email.as_str().as_bytes());
-        // Out of the map while it changes, so that the writes below can borrow the fold.
-        self.member_entry(member_key.clone())?;
-        let MemberEntry {
-            record: before,
-            stored,
-            held_by_pack,
-            plain,
-            ..
-        } = self
-            .members
-            .remove(&member_key)
-            .expect("member_entry put it in the map");
+        // The record leaves the entry while it changes, so that the writes below can
+        // borrow the fold; the entry stays in the map (a removal and an insertion would
+        // move it twice).
+        let entry = self.member_entry(&member_key)?;
+        let before = entry.record.take();
+        let (was_stored, held_by_pack, plain) =
+            (entry.stored.is_some(), entry.held_by_pack, entry.plain);
         // the membership's positions carry over to the new record with this event's;
         // they move under the user's history keys when the membership ends or when the
         // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
@@ -1051,7 +1071,7 @@ impl BatchApplier {
         }
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.remove_member_key(user_license, stored.is_some(), held_by_pack),
+            None => self.remove_member_key(user_license, was_stored, held_by_pack),
         }
         let held_before = before
             .as_ref()
@@ -1077,16 +1097,12 @@ impl BatchApplier {
                 after: after.as_ref().map(MemberColumns::of),
             });
         }
-        self.members.insert(
-            member_key,
-            MemberEntry {
-                record: after,
-                stored,
-                held_by_pack,
-                plain,
-                changed: true,
-            },
-        );
+        let entry = self
+            .members
+            .get_mut(&member_key)
+            .expect("the member's entry stays in the map");
+        entry.record = after;
+        entry.changed = true;
         Ok(())
     }
 
