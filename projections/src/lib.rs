@@ -646,6 +646,9 @@ struct RebuildChunk {
     fold: Option<apply::BatchApplier>,
     /// The writer thread storing the previous chunk, while there is one.
     writer: Option<ChunkWriter>,
+    /// Packs a merge replaced whose blocks are still stored: the fold that was running
+    /// during the merge read them. The next writer removes them first.
+    retired: Vec<u32>,
     /// The sizes of the last chunk's fold, which the next one reserves at once.
     sizes: apply::FoldSizes,
     /// The last position applied (folded or written).
@@ -657,7 +660,8 @@ struct RebuildChunk {
 
 /// A thread writing one finished chunk (`Rebuild::write_chunk`).
 struct ChunkWriter {
-    thread: std::thread::JoinHandle<Result<(), ProjectionError>>,
+    /// Gives the packs its merge replaced, if it merged.
+    thread: std::thread::JoinHandle<Result<Vec<u32>, ProjectionError>>,
     /// The chunk it writes, which the next fold reads until it is stored.
     folded: Arc<apply::FoldedChunk>,
 }
@@ -724,10 +728,13 @@ impl Rebuild {
             // A panic is a broken invariant of the writer: it carries on here.
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        if let Err(error) = written {
-            chunk.fold = None;
-            chunk.failed = true;
-            return Err(error);
+        match written {
+            Ok(retired) => chunk.retired.extend(retired),
+            Err(error) => {
+                chunk.fold = None;
+                chunk.failed = true;
+                return Err(error);
+            }
         }
         if let Some(fold) = &mut chunk.fold {
             fold.previous_stored(self.generation.packs());
@@ -736,8 +743,9 @@ impl Rebuild {
     }
 
     /// Writes the chunk being folded, with its checkpoint, once the previous one is stored.
-    /// `in_background` hands it to a writer thread, unless writing it merges the packs: a
-    /// merge removes the packs that the next fold reads.
+    /// `in_background` hands it to a writer thread. Packs a merge replaced are removed by
+    /// the next write: until the fold that ran during the merge is finished, it may read
+    /// them.
     fn write_chunk(
         &self,
         chunk: &mut RebuildChunk,
@@ -745,19 +753,20 @@ impl Rebuild {
     ) -> Result<(), ProjectionError> {
         self.join_writer(chunk, true)?;
         let Some(fold) = chunk.fold.take() else {
-            return Ok(());
+            return self.remove_retired_now(chunk);
         };
         chunk.sizes = fold.sizes();
         let (folded, writes) = fold.finish_chunk();
-        let merges = self.generation.packs().len() + 1 > packs::PACKS_MAX;
         let generation = Arc::clone(&self.generation);
         let budget = self.budget;
         let checkpoint = chunk.applied;
-        if in_background && !merges {
+        let retired = std::mem::take(&mut chunk.retired);
+        if in_background {
             let writing = Arc::clone(&folded);
             let thread = std::thread::Builder::new()
                 .name("rebuild-writer".to_owned())
                 .spawn(move || {
+                    remove_retired(&generation, &retired)?;
                     let sorted = writing.sorted_writes(writes);
                     write_sorted(&generation, &budget, sorted, checkpoint)
                 })
@@ -771,16 +780,34 @@ impl Rebuild {
             }
             return Ok(());
         }
+        chunk.retired = retired;
         let written = write_sorted(
             &generation,
             &budget,
             folded.sorted_writes(writes),
             checkpoint,
         );
-        if written.is_err() {
-            chunk.failed = true;
+        match written {
+            Ok(retired) => {
+                chunk.retired.extend(retired);
+                self.remove_retired_now(chunk)
+            }
+            Err(error) => {
+                chunk.failed = true;
+                Err(error)
+            }
         }
-        written
+    }
+
+    /// Removes the retired packs' blocks in line: no fold is running.
+    fn remove_retired_now(&self, chunk: &mut RebuildChunk) -> Result<(), ProjectionError> {
+        let removed = remove_retired(&self.generation, &chunk.retired);
+        if removed.is_err() {
+            chunk.failed = true;
+        } else {
+            chunk.retired.clear();
+        }
+        removed
     }
 
     /// Writes what was folded so far; afterwards the stored checkpoint is the last position
@@ -847,13 +874,14 @@ impl Drop for Rebuild {
 /// The member records and user -> license keys of the chunk go into a new pack
 /// (`packs`) instead: its blocks first, its directory key with the checkpoint. A removal
 /// there is a tombstone, which hides the member in the older packs. When more than
-/// `PACKS_MAX` packs exist, they are merged into one.
+/// `PACKS_MAX` packs exist, they are merged into one; the merged packs' ids are returned,
+/// and their blocks stay until the caller knows no fold reads them (`remove_retired`).
 fn write_sorted(
     generation: &Generation,
     budget: &RebuildBudget,
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     checkpoint: u64,
-) -> Result<(), ProjectionError> {
+) -> Result<Vec<u32>, ProjectionError> {
     let tree = &generation.tree;
     let current = generation.packs();
     let mut list = packs::PackList::clone(&current);
@@ -879,6 +907,7 @@ fn write_sorted(
         };
     }
     tree.apply_batch(apply::checkpoint_batch(plain.chain(directory), checkpoint))?;
+    let mut retired = Vec::new();
     if list.len() > packs::PACKS_MAX {
         // Merging every pack: a rebuild writes no plain member keys, so nothing older
         // is left for a tombstone to hide, and they go.
@@ -891,9 +920,7 @@ fn write_sorted(
             batch.remove(packs::directory_key(*id));
         }
         tree.apply_batch(batch)?;
-        for id in &ids {
-            packs::remove_blocks(tree, *id)?;
-        }
+        retired = ids;
         list = packs::PackList::default();
         list.push(into, filter);
     }
@@ -901,6 +928,15 @@ fn write_sorted(
         .packs
         .write()
         .unwrap_or_else(PoisonError::into_inner) = Arc::new(list);
+    Ok(retired)
+}
+
+/// Removes the blocks of packs a rebuild's merge replaced, once no fold reads them
+/// (`RebuildChunk::retired`).
+fn remove_retired(generation: &Generation, retired: &[u32]) -> Result<(), ProjectionError> {
+    for id in retired {
+        packs::remove_blocks(&generation.tree, *id)?;
+    }
     Ok(())
 }
 
@@ -1100,6 +1136,7 @@ impl Projections {
             pending: Mutex::new(RebuildChunk {
                 fold: None,
                 writer: None,
+                retired: Vec::new(),
                 sizes: apply::FoldSizes::default(),
                 applied: 0,
                 failed: false,
@@ -1380,6 +1417,57 @@ mod tests {
         .unwrap()
         .count();
         assert_eq!(members, 6);
+    }
+
+    #[test]
+    fn a_rebuilds_merge_keeps_the_merged_packs_blocks_until_no_fold_reads_them() {
+        // AUD-5: the next chunk folds while the writer merges the packs, reading the packs
+        // it started with; their blocks go only when the following write starts.
+        let projections = Projections::open_temporary().unwrap();
+        let rebuild = projections.begin_rebuild().unwrap();
+        let generation = Arc::clone(&rebuild.generation);
+        let member_key = |index: usize| {
+            keys::pair(
+                keys::PREFIX_MEMBER,
+                b"L1",
+                format!("user{index}@north.edu").as_bytes(),
+            )
+        };
+        let write = |index: usize| {
+            let writes = vec![(member_key(index), Some(b"member".to_vec()))];
+            write_sorted(&generation, &rebuild.budget, writes, index as u64).unwrap()
+        };
+        for index in 1..=packs::PACKS_MAX {
+            assert_eq!(write(index), Vec::<u32>::new(), "no merge below PACKS_MAX");
+        }
+        let held = generation.packs();
+        let retired = write(packs::PACKS_MAX + 1);
+        let merged: Vec<u32> = (1..=packs::PACKS_MAX as u32 + 1).collect();
+        assert_eq!(retired, merged);
+        assert_eq!(
+            generation.packs().to_vec(),
+            vec![packs::PACKS_MAX as u32 + 2]
+        );
+        for index in 1..=packs::PACKS_MAX {
+            assert!(blocks_of(&generation.tree, index as u32) > 0);
+            let found = packs::get(&generation.tree, &held, &member_key(index)).unwrap();
+            assert_eq!(
+                found.value.as_deref(),
+                Some(&b"member"[..]),
+                "member {index}"
+            );
+        }
+        remove_retired(&generation, &retired).unwrap();
+        for id in merged {
+            assert_eq!(blocks_of(&generation.tree, id), 0, "pack {id}");
+        }
+        for index in 1..=packs::PACKS_MAX + 1 {
+            let found = packs::get(&generation.tree, &generation.packs(), &member_key(index));
+            assert!(
+                found.unwrap().value.is_some(),
+                "member {index} in the merged pack"
+            );
+        }
     }
 
     #[test]
