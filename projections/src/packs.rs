@@ -40,9 +40,11 @@ pub(crate) const PREFIX_PACK_RETIRED: u8 = 0x0f;
 pub(crate) const PACK_BLOCK_ENTRIES_MAX: usize = 64;
 /// The most bytes of one block's entries (a long actor or OU path makes fewer per block).
 pub(crate) const PACK_BLOCK_BYTES_MAX: usize = 16 * 1024;
-/// The most packs a generation keeps: every point lookup of a member reads one block of
-/// each, so a rebuild of many chunks merges them.
-pub(crate) const PACKS_MAX: usize = 4;
+/// The most packs a rebuild leaves before it merges them all. A point lookup reads a block
+/// only of the packs whose member filter may hold the key, so packs cost lookups little,
+/// while a merge rewrites every entry so far: at 4, merges were a third of the CPU of a
+/// 10,000,000-event rebuild of ten chunks (BENCHMARKS.md, session 14).
+pub(crate) const PACKS_MAX: usize = 16;
 /// A removed entry that a lower layer still holds. 0xc1 is the one byte MessagePack never
 /// uses, so no member record starts with it, no status name is it, and the user history
 /// keys' values are empty.
