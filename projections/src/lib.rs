@@ -725,8 +725,13 @@ impl Rebuild {
         };
         let written = match writer.thread.join() {
             Ok(written) => written,
-            // A panic is a broken invariant of the writer: it carries on here.
-            Err(panic) => std::panic::resume_unwind(panic),
+            Err(panic) => {
+                // A panic is a broken invariant of the writer: it carries on here, and the
+                // rebuild is no good any more (the fold relied on the unstored chunk).
+                chunk.fold = None;
+                chunk.failed = true;
+                std::panic::resume_unwind(panic)
+            }
         };
         match written {
             Ok(retired) => chunk.retired.extend(retired),
@@ -837,7 +842,13 @@ impl Rebuild {
 
     /// AUD-5: the digests of everything applied so far (the chunk is written first).
     pub fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
-        self.flush()?;
+        // The lock is held throughout, so that no batch starts a write (and a merge that
+        // removes blocks) while the digest reads.
+        let mut chunk = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if chunk.failed {
+            return Err(ProjectionError::RebuildFailed);
+        }
+        self.write_chunk(&mut chunk, false)?;
         self.generation.digest()
     }
 
