@@ -209,18 +209,28 @@ enum MemberWrite {
     Forget,
 }
 
-/// The write a finished fold makes for a member (`None`: it did not change). A removed
-/// member that a pack holds leaves a tombstone (`remove_member_key`).
+/// The write a finished fold makes for a member (`None`: it did not change).
 fn member_write(member: &MemberEntry) -> Option<MemberWrite> {
     if !member.changed {
         return None;
     }
     Some(match &member.record {
         Some(record) => MemberWrite::Put(encode(record)),
-        None if member.held_by_pack => MemberWrite::Put(packs::TOMBSTONE.to_vec()),
-        None if member.stored.is_some() => MemberWrite::Delete,
-        None => MemberWrite::Forget,
+        None => member_removal(member.stored.is_some(), member.held_by_pack),
     })
+}
+
+/// How a member's key (its record or its user -> license key) is removed: over a pack
+/// that holds the member, a tombstone hides the pack's entry; a key the store holds is
+/// removed; one it never held is forgotten.
+fn member_removal(stored: bool, held_by_pack: bool) -> MemberWrite {
+    if held_by_pack {
+        MemberWrite::Put(packs::TOMBSTONE.to_vec())
+    } else if stored {
+        MemberWrite::Delete
+    } else {
+        MemberWrite::Forget
+    }
 }
 
 /// What the fold knows of the plain layer's member records of a license.
@@ -470,22 +480,12 @@ impl BatchApplier {
         }
     }
 
-    /// Removes a key, from sled if `stored` says the store holds it.
-    fn remove(&mut self, key: Vec<u8>, stored: bool) {
-        if stored {
-            self.delete(key);
-        } else {
-            self.forget(&key);
-        }
-    }
-
-    /// Removes a member's key (its record or its user -> license key): over a pack that
-    /// holds the member, a tombstone hides the pack's entry; otherwise as `remove`.
-    fn remove_member_key(&mut self, key: Vec<u8>, stored: bool, held_by_pack: bool) {
-        if held_by_pack {
-            self.put(key, packs::TOMBSTONE.to_vec());
-        } else {
-            self.remove(key, stored);
+    /// Makes a member's key write (`member_write`, `member_removal`) one of the fold's.
+    fn write_member_key(&mut self, key: Vec<u8>, write: MemberWrite) {
+        match write {
+            MemberWrite::Put(value) => self.put(key, value),
+            MemberWrite::Delete => self.delete(key),
+            MemberWrite::Forget => self.forget(&key),
         }
     }
 
@@ -677,11 +677,7 @@ impl BatchApplier {
             if member.plain {
                 self.kept_plain.insert(key.clone());
             }
-            match write {
-                MemberWrite::Put(value) => self.put(key, value),
-                MemberWrite::Delete => self.delete(key),
-                MemberWrite::Forget => self.forget(&key),
-            }
+            self.write_member_key(key, write);
         }
         (self.writes, self.kept_plain, self.changes)
     }
@@ -1093,7 +1089,7 @@ impl BatchApplier {
         }
         match &after {
             Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.remove_member_key(user_license, was_stored, held_by_pack),
+            None => self.write_member_key(user_license, member_removal(was_stored, held_by_pack)),
         }
         let held_before = before
             .as_ref()

@@ -766,15 +766,16 @@ impl Rebuild {
         let budget = self.budget;
         let checkpoint = chunk.applied;
         let retired = std::mem::take(&mut chunk.retired);
+        let writing = Arc::clone(&folded);
+        let write = move || {
+            remove_retired(&generation, &retired)?;
+            let sorted = writing.sorted_writes(writes);
+            write_sorted(&generation, &budget, sorted, checkpoint)
+        };
         if in_background {
-            let writing = Arc::clone(&folded);
             let thread = std::thread::Builder::new()
                 .name("rebuild-writer".to_owned())
-                .spawn(move || {
-                    remove_retired(&generation, &retired)?;
-                    let sorted = writing.sorted_writes(writes);
-                    write_sorted(&generation, &budget, sorted, checkpoint)
-                })
+                .spawn(write)
                 .map_err(ProjectionError::WriterThread);
             match thread {
                 Ok(thread) => chunk.writer = Some(ChunkWriter { thread, folded }),
@@ -785,16 +786,9 @@ impl Rebuild {
             }
             return Ok(());
         }
-        chunk.retired = retired;
-        let written = write_sorted(
-            &generation,
-            &budget,
-            folded.sorted_writes(writes),
-            checkpoint,
-        );
-        match written {
+        match write() {
             Ok(retired) => {
-                chunk.retired.extend(retired);
+                chunk.retired = retired;
                 self.remove_retired_now(chunk)
             }
             Err(error) => {
@@ -818,11 +812,18 @@ impl Rebuild {
     /// Writes what was folded so far; afterwards the stored checkpoint is the last position
     /// applied.
     pub fn flush(&self) -> Result<(), ProjectionError> {
+        self.flushed().map(drop)
+    }
+
+    /// `flush`, and the rebuild's lock, held so that no batch starts a write (and a merge
+    /// that removes blocks) while the caller reads the store.
+    fn flushed(&self) -> Result<std::sync::MutexGuard<'_, RebuildChunk>, ProjectionError> {
         let mut chunk = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if chunk.failed {
             return Err(ProjectionError::RebuildFailed);
         }
-        self.write_chunk(&mut chunk, false)
+        self.write_chunk(&mut chunk, false)?;
+        Ok(chunk)
     }
 
     /// The last position applied, which the next batch must follow. It may still be in
@@ -842,13 +843,7 @@ impl Rebuild {
 
     /// AUD-5: the digests of everything applied so far (the chunk is written first).
     pub fn digest(&self) -> Result<Vec<ReadModelDigest>, ProjectionError> {
-        // The lock is held throughout, so that no batch starts a write (and a merge that
-        // removes blocks) while the digest reads.
-        let mut chunk = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if chunk.failed {
-            return Err(ProjectionError::RebuildFailed);
-        }
-        self.write_chunk(&mut chunk, false)?;
+        let _written = self.flushed()?;
         self.generation.digest()
     }
 

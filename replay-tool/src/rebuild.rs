@@ -224,6 +224,14 @@ struct Applied {
     progress: Progress,
 }
 
+/// The digests of what a rebuild has applied so far.
+fn rebuilt_digests(rebuild: &projections::Rebuild) -> Result<Vec<Digest>> {
+    rebuild
+        .digest()
+        .map(|d| digests(&d))
+        .map_err(projection_failure)
+}
+
 /// The fold stage of `rebuild`: applies the decoded pages in order, and takes the digests
 /// when it reaches the live checkpoint (AUD-5 compares there).
 fn apply_pages(
@@ -232,12 +240,6 @@ fn apply_pages(
     live_checkpoint: Option<u64>,
     mut progress: Progress,
 ) -> Result<Applied> {
-    let digest_now = |rebuild: &projections::Rebuild| -> Result<Vec<Digest>> {
-        rebuild
-            .digest()
-            .map(|d| digests(&d))
-            .map_err(projection_failure)
-    };
     let apply = |rebuild: &projections::Rebuild, batch: &[ProjectedEvent]| -> Result<()> {
         // A log page may hold more events than one projection batch takes.
         for chunk in batch.chunks(projections::APPLY_BATCH_EVENTS_MAX) {
@@ -246,7 +248,7 @@ fn apply_pages(
         Ok(())
     };
     let mut rebuilt_at_live = if live_checkpoint == Some(0) {
-        Some(digest_now(&rebuild)?)
+        Some(rebuilt_digests(&rebuild)?)
     } else {
         None
     };
@@ -258,7 +260,7 @@ fn apply_pages(
         match at_live {
             Some(index) => {
                 apply(&rebuild, &page[..=index])?;
-                rebuilt_at_live = Some(digest_now(&rebuild)?);
+                rebuilt_at_live = Some(rebuilt_digests(&rebuild)?);
                 apply(&rebuild, &page[index + 1..])?;
             }
             None => apply(&rebuild, &page)?,
@@ -356,7 +358,7 @@ pub async fn rebuild(
         "the applier folds every event the scan decoded"
     );
     progress.finish();
-    let rebuilt = digests(&rebuild.digest().map_err(projection_failure)?);
+    let rebuilt = rebuilt_digests(&rebuild)?;
     let seconds = started.elapsed().as_secs_f64();
     let mut differing = Vec::new();
     if let (Some(l), Some(cp)) = (&live_digests, live_checkpoint) {
