@@ -36,7 +36,8 @@ pub use records::StatusCounts;
 /// lets a rebuild write the member records and user -> license keys as packs (`packs`),
 /// and the live projector tombstones over them; a binary of version 4 would not see them.
 /// Version 6 stores the records' timestamps as seconds and nanoseconds, not as strings.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 6;
+/// Version 7 stores each record's fields as an array, without their names (`records`).
+pub const PROJECTION_SCHEMA_VERSION: u32 = 7;
 /// The most events one `apply_batch` takes. It bounds the memory of one computed batch,
 /// and above all sled's: sled keeps every node version a batch replaces until the batch
 /// ends, so the peak RSS grows with the batch (measured: 10,000 UserAdded events peaked

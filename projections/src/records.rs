@@ -1,6 +1,12 @@
-//! The values stored under the keys of `keys.rs`, MessagePack with field names so that a
-//! later schema can add optional fields. A change the old decoder cannot read bumps
-//! `PROJECTION_SCHEMA_VERSION`, which rebuilds every read model from the log.
+//! The values stored under the keys of `keys.rs`: MessagePack with each record's fields as
+//! an array, in declaration order (projection schema 7). A later schema can still add an
+//! optional field at the end (`#[serde(default)]`: an older, shorter array decodes with
+//! the default). Any other change bumps `PROJECTION_SCHEMA_VERSION`, which rebuilds every
+//! read model from the log; the read models are derived, so their format is ours to change.
+//!
+//! Field names in every record (schema 6 and before) were about half of a member record's
+//! bytes, and writing and matching them a sixth of a rebuild's writer thread (BENCHMARKS.md,
+//! session 15).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,7 +150,7 @@ pub(crate) fn source_index(source: Source) -> usize {
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Records are plain data (strings, numbers, enums, timestamps), for which MessagePack
     // encoding into a Vec cannot fail.
-    rmp_serde::to_vec_named(value).expect("records always encode to MessagePack")
+    rmp_serde::to_vec(value).expect("records always encode to MessagePack")
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -193,5 +199,41 @@ mod tests {
             error.to_string().contains("out of chrono's range"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn records_are_arrays_that_a_later_optional_field_can_extend() {
+        // AUD-6: a record is its fields in order without their names, and a field added at
+        // the end with a default still reads the shorter arrays written before it.
+        let at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let record = MemberRecord {
+            status: Status::Accepted,
+            source: Source::Csv,
+            role: Role::Student,
+            added_at: at,
+            added_by: Actor::Staff,
+            updated_at: at,
+            ou_path: None,
+            history: Vec::new(),
+        };
+        let encoded = encode(&record);
+        assert_eq!(
+            encoded[0],
+            0x90 | 8,
+            "a fixarray of the record's eight fields"
+        );
+        assert!(!encoded.windows(6).any(|window| window == b"status"));
+        let without_history = rmp_serde::to_vec(&(
+            Status::Accepted,
+            Source::Csv,
+            Role::Student,
+            (at.timestamp(), 0u32),
+            Actor::Staff,
+            (at.timestamp(), 0u32),
+            Option::<OuPath>::None,
+        ))
+        .unwrap();
+        let decoded: MemberRecord = decode("member record", &without_history).unwrap();
+        assert_eq!(decoded, record);
     }
 }
