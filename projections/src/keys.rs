@@ -71,14 +71,17 @@ pub(crate) fn single(prefix: u8, part: &[u8]) -> Vec<u8> {
 
 /// `prefix part 0`: the start of every key under `part`.
 pub(crate) fn scope(prefix: u8, part: &[u8]) -> Vec<u8> {
-    let mut key = single(prefix, part);
-    key.push(SEPARATOR);
-    key
+    pair(prefix, part, &[])
 }
 
-/// `prefix first 0 second`.
+/// `prefix first 0 second`, in one allocation of its exact size: the fold makes two of
+/// these per member event, and growing the key part by part reallocated it twice (a sixth
+/// of a rebuild's fold, BENCHMARKS.md session 15).
 pub(crate) fn pair(prefix: u8, first: &[u8], second: &[u8]) -> Vec<u8> {
-    let mut key = scope(prefix, first);
+    let mut key = Vec::with_capacity(2 + first.len() + second.len());
+    key.push(prefix);
+    key.extend_from_slice(first);
+    key.push(SEPARATOR);
     key.extend_from_slice(second);
     key
 }

@@ -126,17 +126,31 @@ impl PackList {
     }
 }
 
-/// A Bloom filter of a pack's member record keys (tombstones included): a point lookup of
-/// a member skips the packs that cannot hold it. Without it, adding a new member read one
+/// Bloom filters of a pack's member record keys (tombstones included): a point lookup of
+/// a member skips the packs that cannot hold it. Without them, adding a new member read one
 /// block of every pack (a sled range read and a scan of up to 64 entries each), which was
 /// most of a live import's cost. About 0.1% false positives at `FILTER_BITS_PER_KEY`.
+///
+/// Two filters: one of the licenses the pack has members of, one of the member keys. A
+/// pack of a rebuild holds the members of the licenses whose events fell in its chunk of
+/// the log, so most packs hold no member of a given license. The license filter is small
+/// enough to stay in the processor's cache, while a probe of the member filter (megabytes)
+/// costs a cache miss: probing only the member filters of packs that have members of the
+/// license made a rebuild's lookups of new members several times cheaper (BENCHMARKS.md,
+/// session 15). A live import's packs all hold its one license and pay one cheap probe more.
 pub(crate) struct MemberFilter {
+    licenses: Bloom,
+    members: Bloom,
+}
+
+/// A blocked Bloom filter over 64-bit hashes.
+struct Bloom {
     bits: Vec<u64>,
 }
 
-/// Bits of a member filter per key: 16 bits and 11 probes give about 0.1% false positives
-/// (2 MB for 1,000,000 members). At 10 bits and 7 probes (about 1%), a new member of an
-/// import still read a block of about one pack in four (then up to 24 packs), 4% of the import's
+/// Bits of a filter per key: 16 bits and 11 probes give about 0.1% false positives (2 MB
+/// for 1,000,000 members). At 10 bits and 7 probes (about 1%), a new member of an import
+/// still read a block of about one pack in four (then up to 24 packs), 4% of the import's
 /// projection time.
 const FILTER_BITS_PER_KEY: usize = 16;
 const FILTER_PROBES: u64 = 11;
@@ -146,13 +160,53 @@ const FILTER_PROBES: u64 = 11;
 const FILTER_BLOCK_WORDS: usize = 8;
 const FILTER_BLOCK_BITS: u64 = FILTER_BLOCK_WORDS as u64 * 64;
 
-fn filter_hash(key: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    // SipHash with fixed keys: the same on every run, and well mixed.
-    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
+/// The hashes a lookup of one member key probes the filters with, computed once for all
+/// packs.
+#[derive(Clone, Copy)]
+struct KeyHashes {
+    license: u64,
+    member: u64,
 }
 
-impl MemberFilter {
+fn filter_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // SipHash with fixed keys: the same on every run, and well mixed.
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(bytes)
+}
+
+/// The start of a member key up to and including the separator after its license id
+/// (`02 license 0`); the whole key if it has no separator.
+fn license_scope(key: &[u8]) -> &[u8] {
+    key.iter()
+        .skip(1)
+        .position(|byte| *byte == crate::keys::SEPARATOR)
+        .map_or(key, |at| &key[..at + 2])
+}
+
+fn key_hashes(key: &[u8]) -> KeyHashes {
+    KeyHashes {
+        license: filter_hash(license_scope(key)),
+        member: filter_hash(key),
+    }
+}
+
+impl Bloom {
+    fn of(hashes: &[u64]) -> Self {
+        let words = (hashes.len() * FILTER_BITS_PER_KEY)
+            .div_ceil(FILTER_BLOCK_BITS as usize)
+            .max(1)
+            * FILTER_BLOCK_WORDS;
+        let mut filter = Bloom {
+            bits: vec![0; words],
+        };
+        for hash in hashes {
+            for (word, mask) in filter.probes(*hash) {
+                filter.bits[word] |= mask;
+            }
+        }
+        filter
+    }
+
     /// The words and bits of a key's probes: the hash's high bits choose the block
     /// (multiply-shift, no division), its low bits the probes inside it.
     fn probes(&self, hash: u64) -> impl Iterator<Item = (usize, u64)> + use<> {
@@ -167,47 +221,51 @@ impl MemberFilter {
         })
     }
 
-    /// Whether the pack may hold `key`; `false` means it does not.
-    #[cfg(test)]
-    fn may_contain(&self, key: &[u8]) -> bool {
-        self.may_contain_hash(filter_hash(key))
-    }
-
-    /// `may_contain` for the key's `filter_hash`, which a lookup computes once for all
-    /// packs.
     fn may_contain_hash(&self, hash: u64) -> bool {
         self.probes(hash)
             .all(|(word, mask)| self.bits[word] & mask != 0)
     }
 }
 
+impl MemberFilter {
+    /// Whether the pack may hold `key`; `false` means it does not.
+    #[cfg(test)]
+    fn may_contain(&self, key: &[u8]) -> bool {
+        self.may_contain_hashes(key_hashes(key))
+    }
+
+    fn may_contain_hashes(&self, hashes: KeyHashes) -> bool {
+        self.licenses.may_contain_hash(hashes.license)
+            && self.members.may_contain_hash(hashes.member)
+    }
+}
+
 /// The hashes of the member record keys of a pack being written or read.
 #[derive(Default)]
 pub(crate) struct MemberKeys {
-    hashes: Vec<u64>,
+    licenses: Vec<u64>,
+    members: Vec<u64>,
 }
 
 impl MemberKeys {
     pub(crate) fn add(&mut self, key: &[u8]) {
         if key.first() == Some(&PREFIX_MEMBER) {
-            self.hashes.push(filter_hash(key));
+            let hashes = key_hashes(key);
+            // A pack's keys come in order, so a license's members come one after the other.
+            if self.licenses.last() != Some(&hashes.license) {
+                self.licenses.push(hashes.license);
+            }
+            self.members.push(hashes.member);
         }
     }
 
-    pub(crate) fn into_filter(self) -> MemberFilter {
-        let words = (self.hashes.len() * FILTER_BITS_PER_KEY)
-            .div_ceil(FILTER_BLOCK_BITS as usize)
-            .max(1)
-            * FILTER_BLOCK_WORDS;
-        let mut filter = MemberFilter {
-            bits: vec![0; words],
-        };
-        for hash in self.hashes {
-            for (word, mask) in filter.probes(hash) {
-                filter.bits[word] |= mask;
-            }
+    pub(crate) fn into_filter(mut self) -> MemberFilter {
+        self.licenses.sort_unstable();
+        self.licenses.dedup();
+        MemberFilter {
+            licenses: Bloom::of(&self.licenses),
+            members: Bloom::of(&self.members),
         }
-        filter
     }
 }
 
@@ -564,9 +622,9 @@ fn get_in_layers(
         held_by_pack: false,
         plain: plain.is_some(),
     };
-    let hash = filter_hash(key);
+    let hashes = key_hashes(key);
     for (id, filter) in packs.newest_first() {
-        if !filter.may_contain_hash(hash) {
+        if !filter.may_contain_hashes(hashes) {
             continue;
         }
         if let Some(value) = pack_get(tree, id, key)? {
@@ -960,6 +1018,45 @@ mod tests {
             !MemberKeys::default()
                 .into_filter()
                 .may_contain(&member("anyone"))
+        );
+    }
+
+    #[test]
+    fn a_member_filter_rules_out_the_licenses_its_pack_has_no_member_of() {
+        // AUD-5: the license filter may only say no for a license none of whose members the
+        // pack holds; for those it says no almost always, which spares the member filter.
+        let key = |license: usize, email: &str| {
+            crate::keys::pair(
+                PREFIX_MEMBER,
+                format!("L{license}").as_bytes(),
+                email.as_bytes(),
+            )
+        };
+        assert_eq!(license_scope(&key(7, "a@b.c")), b"\x02L7\0");
+        assert_eq!(license_scope(b"\x02L7"), b"\x02L7");
+        let mut keys = MemberKeys::default();
+        for license in 0..1_000 {
+            for index in 0..10 {
+                keys.add(&key(license, &format!("user{index}@north.edu")));
+            }
+        }
+        let filter = keys.into_filter();
+        assert!((0..1_000).all(|license| filter.may_contain(&key(license, "user3@north.edu"))));
+        let passed = (1_000..11_000)
+            .filter(|license| {
+                filter
+                    .licenses
+                    .may_contain_hash(key_hashes(&key(*license, "x")).license)
+            })
+            .count();
+        assert!(
+            passed < 30,
+            "{passed} of 10,000 absent licenses passed the filter"
+        );
+        // The license filter holds each license once: a thousand licenses, not ten thousand keys.
+        assert_eq!(
+            filter.licenses.bits.len(),
+            Bloom::of(&[0; 1_000]).bits.len()
         );
     }
 
