@@ -147,10 +147,29 @@ pub(crate) fn source_index(source: Source) -> usize {
         .expect("Source::ALL lists every source")
 }
 
+/// The bytes a thread's scratch buffer for `encode` keeps between records; a rare larger
+/// record (a license with many admins or OU paths) does not keep its size.
+const ENCODE_SCRATCH_BYTES_KEPT: usize = 4096;
+
+thread_local! {
+    static ENCODE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Records are plain data (strings, numbers, enums, timestamps), for which MessagePack
-    // encoding into a Vec cannot fail.
-    rmp_serde::to_vec(value).expect("records always encode to MessagePack")
+    // A record encodes into a reused buffer and is then copied out at its exact size:
+    // encoding straight into a new Vec grew it four or five times per member record, and a
+    // Vec of a guessed size would waste memory in every record a rebuild's chunk holds.
+    ENCODE_SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        // Records are plain data (strings, numbers, enums, timestamps), for which
+        // MessagePack encoding into a Vec cannot fail.
+        rmp_serde::encode::write(scratch, value).expect("records always encode to MessagePack");
+        let encoded = scratch.to_vec();
+        if scratch.capacity() > ENCODE_SCRATCH_BYTES_KEPT {
+            *scratch = Vec::new();
+        }
+        encoded
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
