@@ -186,10 +186,15 @@ impl FoldedChunk {
             }
         }
         for (key, member) in &self.members {
-            match member_write(member) {
-                None | Some(MemberWrite::Forget) => {}
-                Some(MemberWrite::Put(value)) => sorted.push((key.clone(), Some(value))),
-                Some(MemberWrite::Delete) => sorted.push((key.clone(), None)),
+            let Some(writes) = member_writes(key, member) else {
+                continue;
+            };
+            for (key, write) in writes {
+                match write {
+                    MemberWrite::Forget => {}
+                    MemberWrite::Put(value) => sorted.push((key, Some(value))),
+                    MemberWrite::Delete => sorted.push((key, None)),
+                }
             }
         }
         sorted.sort_unstable_by(|left, right| left.0.cmp(&right.0));
@@ -209,15 +214,48 @@ enum MemberWrite {
     Forget,
 }
 
-/// The write a finished fold makes for a member (`None`: it did not change).
-fn member_write(member: &MemberEntry) -> Option<MemberWrite> {
+/// The writes a finished fold makes for a member, under `key` (its member record key)
+/// and its user -> license key (`None`: it did not change). Both follow from the entry
+/// alone, so the fold writes neither per event: a member changed by several events of one
+/// fold costs one write of each, and the fold's map of other writes stays smaller.
+fn member_writes(key: &[u8], member: &MemberEntry) -> Option<[(Vec<u8>, MemberWrite); 2]> {
     if !member.changed {
         return None;
     }
+    let user_license = user_license_key(key);
     Some(match &member.record {
-        Some(record) => MemberWrite::Put(encode(record)),
-        None => member_removal(member.stored.is_some(), member.held_by_pack),
+        Some(record) => [
+            (key.to_vec(), MemberWrite::Put(encode(record))),
+            (
+                user_license,
+                MemberWrite::Put(record.status.as_str().as_bytes().to_vec()),
+            ),
+        ],
+        None => {
+            let removal = || member_removal(member.stored, member.held_by_pack);
+            [(key.to_vec(), removal()), (user_license, removal())]
+        }
     })
+}
+
+/// The user -> license key (`04 email 0 license`) of a member record key
+/// (`02 license 0 email`).
+fn user_license_key(member_key: &[u8]) -> Vec<u8> {
+    assert_eq!(
+        member_key.first(),
+        Some(&PREFIX_MEMBER),
+        "a member record key"
+    );
+    let scope_end = member_key[1..]
+        .iter()
+        .position(|byte| *byte == SEPARATOR)
+        .expect("a member key separates license and email")
+        + 1;
+    pair(
+        PREFIX_USER_LICENSE,
+        &member_key[scope_end + 1..],
+        &member_key[1..scope_end],
+    )
 }
 
 /// How a member's key (its record or its user -> license key) is removed: over a pack
@@ -290,15 +328,17 @@ pub(crate) fn checkpoint_batch(
     batch
 }
 
-/// A member as the fold knows it; `changed` says whether it must be written.
+/// A member as the fold knows it; `changed` says whether it must be written. Until it
+/// changes, `record` is the member as stored when the fold first read it.
 struct MemberEntry {
     record: Option<MemberRecord>,
-    /// The member as stored when the fold first read it. The keys derived from a member
-    /// (its record, sort index and user -> license keys) are stored exactly for this
-    /// record, so a key the fold removes that `stored` does not derive was never stored:
-    /// it is dropped from the writes instead of removed from sled. A rebuild adds and
-    /// removes many members within one chunk, which then cost no sled write at all.
-    stored: Option<MemberRecord>,
+    /// Whether the store held the member when the fold first read it. The keys derived
+    /// from a member (its record and user -> license keys) are stored exactly when it is,
+    /// so a removal of a member the store did not hold is dropped from the writes instead
+    /// of removed from sled. A rebuild adds and removes many members within one chunk,
+    /// which then cost no sled write at all. Only whether, not what: the stored record
+    /// itself would make every entry of a rebuild's chunk half again as large.
+    stored: bool,
     /// Whether a pack holds the member (`packs::Lookup`): removing them then writes
     /// tombstones over the member and user -> license keys instead of removing them.
     held_by_pack: bool,
@@ -311,16 +351,16 @@ struct MemberEntry {
 impl MemberEntry {
     /// The entry a fold reading the store finds once a rebuild's chunk holding this one
     /// is written: a changed member is then in the chunk's pack, as its record or as a
-    /// tombstone (`member_write`, `packs::get`).
+    /// tombstone (`member_writes`, `packs::get`).
     fn once_written(&self) -> MemberEntry {
         assert!(!self.plain, "a rebuild writes no plain member keys");
         let (stored, held_by_pack) = if self.changed {
-            (self.record.clone(), self.record.is_some())
+            (self.record.is_some(), self.record.is_some())
         } else {
-            (self.stored.clone(), self.held_by_pack)
+            (self.stored, self.held_by_pack)
         };
         MemberEntry {
-            record: stored.clone(),
+            record: self.record.clone(),
             stored,
             held_by_pack,
             plain: false,
@@ -480,7 +520,7 @@ impl BatchApplier {
         }
     }
 
-    /// Makes a member's key write (`member_write`, `member_removal`) one of the fold's.
+    /// Makes a member's key write (`member_writes`, `member_removal`) one of the fold's.
     fn write_member_key(&mut self, key: Vec<u8>, write: MemberWrite) {
         match write {
             MemberWrite::Put(value) => self.put(key, value),
@@ -630,8 +670,8 @@ impl BatchApplier {
                     entry.key().len() + FOLD_ENTRY_OVERHEAD_BYTES + FOLD_MEMBER_RECORD_BYTES;
                 self.plain_writes += if lookup.plain { 2 } else { 0 };
                 Ok(entry.insert(MemberEntry {
-                    record: stored.clone(),
-                    stored,
+                    stored: stored.is_some(),
+                    record: stored,
                     held_by_pack: lookup.held_by_pack,
                     plain: lookup.plain,
                     changed: false,
@@ -671,13 +711,15 @@ impl BatchApplier {
             }
         }
         for (key, member) in std::mem::take(&mut self.members) {
-            let Some(write) = member_write(&member) else {
+            let Some(writes) = member_writes(&key, &member) else {
                 continue;
             };
-            if member.plain {
-                self.kept_plain.insert(key.clone());
+            for (key, write) in writes {
+                if member.plain {
+                    self.kept_plain.insert(key.clone());
+                }
+                self.write_member_key(key, write);
             }
-            self.write_member_key(key, write);
         }
         (self.writes, self.kept_plain, self.changes)
     }
@@ -1054,8 +1096,12 @@ impl BatchApplier {
         // move it twice).
         let entry = self.member_entry(&member_key)?;
         let before = entry.record.take();
-        let (was_stored, held_by_pack, plain) =
-            (entry.stored.is_some(), entry.held_by_pack, entry.plain);
+        let (first_change, plain) = (!entry.changed, entry.plain);
+        if first_change {
+            // The user -> license key the member's first change makes the fold write at
+            // its end (`member_writes`).
+            self.held_bytes += member_key.len() + FOLD_ENTRY_OVERHEAD_BYTES;
+        }
         // the membership's positions carry over to the new record with this event's;
         // they move under the user's history keys when the membership ends or when the
         // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
@@ -1078,18 +1124,6 @@ impl BatchApplier {
         }
         if let Some(new) = &after {
             *license.counts.slot(new.status) += 1;
-        }
-        let user_license = pair(
-            PREFIX_USER_LICENSE,
-            email.as_str().as_bytes(),
-            id.as_bytes(),
-        );
-        if plain {
-            self.kept_plain.insert(user_license.clone());
-        }
-        match &after {
-            Some(member) => self.put(user_license, member.status.as_str().as_bytes().to_vec()),
-            None => self.write_member_key(user_license, member_removal(was_stored, held_by_pack)),
         }
         let held_before = before
             .as_ref()
@@ -1186,4 +1220,20 @@ struct MemberContext<'a> {
     position: u64,
     at: DateTime<Utc>,
     actor: &'a Actor,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_members_user_license_key_swaps_license_and_email() {
+        // the user -> license key a fold derives from a member record key is the one
+        // the queries of a user's licenses scan.
+        let member_key = pair(PREFIX_MEMBER, b"L-7", b"ann@north.edu");
+        assert_eq!(
+            user_license_key(&member_key),
+            pair(PREFIX_USER_LICENSE, b"ann@north.edu", b"L-7")
+        );
+    }
 }
