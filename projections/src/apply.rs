@@ -1095,7 +1095,7 @@ impl BatchApplier {
         // borrow the fold; the entry stays in the map (a removal and an insertion would
         // move it twice).
         let entry = self.member_entry(&member_key)?;
-        let before = entry.record.take();
+        let mut before = entry.record.take();
         let (first_change, plain) = (!entry.changed, entry.plain);
         if first_change {
             // The user -> license key the member's first change makes the fold write at
@@ -1105,9 +1105,10 @@ impl BatchApplier {
         // the membership's positions carry over to the new record with this event's;
         // they move under the user's history keys when the membership ends or when the
         // record holds enough of them. Both depend on the log alone, not on batches (AUD-5).
+        // The positions move out of the old record, which nothing below reads them from.
         let mut history = before
-            .as_ref()
-            .map(|member| member.history.clone())
+            .as_mut()
+            .map(|member| std::mem::take(&mut member.history))
             .unwrap_or_default();
         if history.len() >= MEMBER_HISTORY_POSITIONS_MAX {
             self.write_shed_positions(email, &history, plain);
