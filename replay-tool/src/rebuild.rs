@@ -61,17 +61,9 @@ fn projection_failure(e: ProjectionError) -> Failure {
     Failure::usage(format!("projection error: {e}"))
 }
 
-/// A stored event as the projector feeds it (API position = ledger position + 1).
-pub fn projected(e: &RecordedEvent) -> Result<ProjectedEvent> {
-    let d = server::core::decode(e).map_err(|err| Failure::failed(err.to_string()))?;
-    Ok(ProjectedEvent {
-        position: server::projector::api_position(e.position),
-        stream: e.stream.clone(),
-        revision: e.revision,
-        recorded_at: e.recorded_at,
-        actor: d.meta.actor,
-        event: d.event,
-    })
+/// Stored events as the projector feeds them (API position = ledger position + 1).
+pub fn projected(events: &[RecordedEvent]) -> Result<Vec<ProjectedEvent>> {
+    server::projector::projected_events(events).map_err(|err| Failure::failed(err.to_string()))
 }
 
 /// A carriage-return progress line on stderr: events done, events/s, ETA.
@@ -330,7 +322,7 @@ pub async fn rebuild(
     let mut events = 0u64;
     let scanned = source
         .scan(|page| {
-            let batch = page.iter().map(projected).collect::<Result<Vec<_>>>()?;
+            let batch = projected(page)?;
             events += page.len() as u64;
             // A closed channel means the applier stopped at an error, reported below.
             Ok(pages.send(batch).is_ok())

@@ -466,9 +466,9 @@ async fn live_projections_of_schema(data: &Path, upto: u64, skip: &[u64], schema
         schema_version,
     )
     .unwrap();
-    let batch: Vec<_> = events
-        .iter()
-        .map(|e| replay_tool::rebuild::projected(e).unwrap())
+    let batch: Vec<_> = replay_tool::rebuild::projected(&events)
+        .unwrap()
+        .into_iter()
         .filter(|e| e.position <= upto && !skip.contains(&e.position))
         .collect();
     for chunk in batch.chunks(5) {

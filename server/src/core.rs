@@ -50,6 +50,40 @@ pub fn parse_actor_label(label: &str) -> Result<Actor, String> {
     }
 }
 
+/// Parses the actor labels of a run of events, reusing the previous event's actor when
+/// the label is the same. An import's million events, or a round of an admin's adds, all
+/// have one actor: each would otherwise parse the email again and hold its own copy of
+/// it, where they now share one (a rebuild's decoder parsed an email per event, and its
+/// writer read each copy from cold memory).
+#[derive(Default)]
+pub struct ActorLabels {
+    last: Option<Actor>,
+}
+
+impl ActorLabels {
+    pub fn parse(&mut self, label: &str) -> Result<Actor, String> {
+        if let Some(last) = &self.last
+            && is_label_of(last, label)
+        {
+            return Ok(last.clone());
+        }
+        let actor = parse_actor_label(label)?;
+        self.last = Some(actor.clone());
+        Ok(actor)
+    }
+}
+
+/// Whether `label` is exactly the label `actor` is stored as (`actor_label`). A label that
+/// parses to `actor` only after normalising is not: it is parsed again, which gives the
+/// same actor.
+fn is_label_of(actor: &Actor, label: &str) -> bool {
+    match actor {
+        Actor::Staff => label == "staff",
+        Actor::System => label == "system",
+        Actor::User(email) => email.as_str() == label,
+    }
+}
+
 /// SHA-256 of a secret: the indexes hold this, never the secret.
 pub fn secret_hash(secret: &Secret) -> [u8; 32] {
     Sha256::digest(secret.expose().as_bytes()).into()
@@ -188,13 +222,21 @@ pub struct Decoded {
 }
 
 pub fn decode(recorded: &RecordedEvent) -> Result<Decoded, CoreError> {
+    decode_with(recorded, &mut ActorLabels::default())
+}
+
+/// `decode` for one of a run of events, whose actors `labels` parses.
+pub fn decode_with(
+    recorded: &RecordedEvent,
+    labels: &mut ActorLabels,
+) -> Result<Decoded, CoreError> {
     let event = Event::decode(
         &recorded.event_type,
         recorded.schema_version,
         &recorded.payload,
     )
     .map_err(|error| CoreError::Decode(format!("position {}: {error}", recorded.position)))?;
-    let actor = parse_actor_label(&recorded.actor).map_err(|reason| {
+    let actor = labels.parse(&recorded.actor).map_err(|reason| {
         CoreError::Decode(format!("position {}: actor {reason}", recorded.position))
     })?;
     Ok(Decoded {
@@ -1477,6 +1519,30 @@ pub(crate) mod tests {
 
     use super::Core;
     use crate::clock::ManualClock;
+
+    #[test]
+    fn a_run_of_one_actors_events_shares_one_parsed_actor() {
+        // AUD-2: every event's actor decodes to what was stored, whether parsed afresh or
+        // reused from the event before.
+        let mut labels = super::ActorLabels::default();
+        let first = labels.parse("ann@north.edu").unwrap();
+        let second = labels.parse("ann@north.edu").unwrap();
+        assert_eq!(first, second);
+        let text = |actor: &Actor| actor.email().unwrap().as_str().as_ptr();
+        assert!(std::ptr::eq(text(&first), text(&second)), "parsed once");
+        // A label that only normalises to the last actor, another user, staff and a
+        // refused label are each parsed as themselves.
+        assert_eq!(labels.parse(" Ann@North.edu").unwrap(), first);
+        assert_eq!(
+            labels.parse("bo@north.edu").unwrap(),
+            Actor::User(Email::parse("bo@north.edu").unwrap())
+        );
+        assert_eq!(labels.parse("staff").unwrap(), Actor::Staff);
+        assert_eq!(labels.parse("staff").unwrap(), Actor::Staff);
+        assert_eq!(labels.parse("system").unwrap(), Actor::System);
+        assert!(labels.parse("not an email").is_err());
+        assert_eq!(labels.parse("system").unwrap(), Actor::System);
+    }
 
     /// A large decision's chunks are its events in order, every chunk but the last full,
     /// each its own vector (so that each one's memory goes once it is applied).
