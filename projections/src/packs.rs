@@ -760,6 +760,9 @@ pub(crate) struct Merged {
     /// The plain keys first, then the packs newest first: on equal keys the first wins.
     sources: Vec<Source>,
     heads: Vec<Option<Entry>>,
+    /// The source of the last entry and the source with the best other head then
+    /// (`None`: no other source had one), while no other head has moved since.
+    winner: Option<(usize, Option<usize>)>,
     started: bool,
     descending: bool,
 }
@@ -788,9 +791,19 @@ impl Merged {
             _packs: PackIds::clone(packs),
             sources,
             heads,
+            winner: None,
             started: false,
             descending,
         })
+    }
+
+    /// Whether head `key` comes before head `other` in the merge's direction.
+    fn before(&self, key: &[u8], other: &[u8]) -> bool {
+        if self.descending {
+            key > other
+        } else {
+            key < other
+        }
     }
 
     fn next_entry(&mut self) -> Result<Option<Entry>, ProjectionError> {
@@ -801,36 +814,61 @@ impl Merged {
             }
         }
         loop {
-            let mut chosen: Option<usize> = None;
-            for (index, head) in self.heads.iter().enumerate() {
-                let Some((key, _)) = head else { continue };
-                let better = match chosen {
-                    None => true,
-                    Some(best) => {
-                        let best_key = &self.heads[best].as_ref().expect("chosen has a head").0;
-                        if self.descending {
-                            key > best_key
-                        } else {
-                            key < best_key
+            // The source that won last time wins again, without a scan of every head, while
+            // its next key comes strictly before the best head of the other sources: those
+            // did not move since. A digest reads millions of entries through a dozen packs
+            // whose ranges barely overlap, and the scan compared every head for each entry.
+            let repeat = self.winner.filter(|(chosen, runner_up)| {
+                let Some((key, _)) = &self.heads[*chosen] else {
+                    return false;
+                };
+                runner_up.is_none_or(|other| {
+                    let other = &self.heads[other]
+                        .as_ref()
+                        .expect("a runner-up has a head")
+                        .0;
+                    self.before(key, other)
+                })
+            });
+            let chosen = match repeat {
+                Some((chosen, _)) => chosen,
+                None => {
+                    let mut best: Option<usize> = None;
+                    let mut runner_up: Option<usize> = None;
+                    for index in 0..self.heads.len() {
+                        let Some((key, _)) = &self.heads[index] else {
+                            continue;
+                        };
+                        let head = |at: usize| &self.heads[at].as_ref().expect("a head").0;
+                        // On equal keys the first (newest) layer stays best.
+                        if best.is_none_or(|best| self.before(key, head(best))) {
+                            runner_up = best;
+                            best = Some(index);
+                        } else if runner_up.is_none_or(|other| self.before(key, head(other))) {
+                            runner_up = Some(index);
                         }
                     }
-                };
-                if better {
-                    chosen = Some(index);
+                    let Some(best) = best else {
+                        return Ok(None);
+                    };
+                    self.winner = Some((best, runner_up));
+                    best
                 }
-            }
-            let Some(chosen) = chosen else {
-                return Ok(None);
             };
             let (key, value) = self.heads[chosen].take().expect("chosen has a head");
             self.heads[chosen] = self.sources[chosen].next_entry()?;
-            // Older layers' entries of the same key are hidden by this one.
-            for index in chosen + 1..self.sources.len() {
-                if self.heads[index]
-                    .as_ref()
-                    .is_some_and(|(other, _)| *other == key)
-                {
-                    self.heads[index] = self.sources[index].next_entry()?;
+            if repeat.is_none() {
+                // Older layers' entries of the same key are hidden by this one. A repeat
+                // won strictly, so no other head holds its key.
+                for index in chosen + 1..self.sources.len() {
+                    if self.heads[index]
+                        .as_ref()
+                        .is_some_and(|(other, _)| *other == key)
+                    {
+                        self.heads[index] = self.sources[index].next_entry()?;
+                        // The runner-up may have moved: the next entry scans again.
+                        self.winner = None;
+                    }
                 }
             }
             if !is_tombstone(&value) {
