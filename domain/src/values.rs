@@ -463,13 +463,21 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// How the ledger names the actor in an event's envelope: `staff`, `system` or the
+    /// user's email.
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Staff => "staff",
+            Self::System => "system",
+            Self::User(email) => email.as_str(),
+        }
+    }
+}
+
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Staff => f.write_str("staff"),
-            Self::System => f.write_str("system"),
-            Self::User(email) => f.write_str(email.as_str()),
-        }
+        f.write_str(self.label())
     }
 }
 

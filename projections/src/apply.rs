@@ -246,16 +246,9 @@ fn user_license_key(member_key: &[u8]) -> Vec<u8> {
         Some(&PREFIX_MEMBER),
         "a member record key"
     );
-    let scope_end = member_key[1..]
-        .iter()
-        .position(|byte| *byte == SEPARATOR)
-        .expect("a member key separates license and email")
-        + 1;
-    pair(
-        PREFIX_USER_LICENSE,
-        &member_key[scope_end + 1..],
-        &member_key[1..scope_end],
-    )
+    let (license, email) =
+        member_key_parts(member_key).expect("a member key separates license and email");
+    pair(PREFIX_USER_LICENSE, email, license)
 }
 
 /// How a member's key (its record or its user -> license key) is removed: over a pack

@@ -86,6 +86,14 @@ pub(crate) fn pair(prefix: u8, first: &[u8], second: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The license id and the email of a member record key (`02 license 0 email`); `None`
+/// for a key without a separator.
+pub(crate) fn member_key_parts(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let parts = key.get(1..)?;
+    let at = parts.iter().position(|byte| *byte == SEPARATOR)?;
+    Some((&parts[..at], &parts[at + 1..]))
+}
+
 /// `prefix first 0 position`, for the history indexes.
 pub(crate) fn positioned(prefix: u8, first: &[u8], position: u64) -> Vec<u8> {
     pair(prefix, first, &position.to_be_bytes())

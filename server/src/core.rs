@@ -62,25 +62,16 @@ pub struct ActorLabels {
 
 impl ActorLabels {
     pub fn parse(&mut self, label: &str) -> Result<Actor, String> {
+        // Only a label exactly as the last actor is stored reuses it; one that parses to
+        // it only after normalising is parsed again, which gives the same actor.
         if let Some(last) = &self.last
-            && is_label_of(last, label)
+            && last.label() == label
         {
             return Ok(last.clone());
         }
         let actor = parse_actor_label(label)?;
         self.last = Some(actor.clone());
         Ok(actor)
-    }
-}
-
-/// Whether `label` is exactly the label `actor` is stored as (`actor_label`). A label that
-/// parses to `actor` only after normalising is not: it is parsed again, which gives the
-/// same actor.
-fn is_label_of(actor: &Actor, label: &str) -> bool {
-    match actor {
-        Actor::Staff => label == "staff",
-        Actor::System => label == "system",
-        Actor::User(email) => email.as_str() == label,
     }
 }
 
