@@ -495,7 +495,10 @@ pub(crate) fn write_blocks(
     let mut block: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(PACK_BLOCK_ENTRIES_MAX);
     let mut block_bytes = 0usize;
     let mut written = 0u64;
-    let mut last: Option<Vec<u8>> = None;
+    // The last key of the blocks written so far: the order check compares each key with
+    // the one before it, in the block or, for a block's first, here (one copy per block,
+    // not one per entry).
+    let mut last_written: Option<Vec<u8>> = None;
     let flush = |block: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), ProjectionError> {
         if let Some((first, _)) = block.first() {
             tree.insert(block_key(id, first), encode_block(block))?;
@@ -509,15 +512,19 @@ pub(crate) fn write_blocks(
             is_packed_key(&key),
             "a pack holds only the packed read models"
         );
+        let previous = block
+            .last()
+            .map(|(previous, _)| previous)
+            .or(last_written.as_ref());
         assert!(
-            last.as_ref().is_none_or(|last| *last < key),
+            previous.is_none_or(|previous| *previous < key),
             "pack entries must strictly increase"
         );
-        last = Some(key.clone());
         member_keys.add(&key);
         if block.len() >= PACK_BLOCK_ENTRIES_MAX
             || (!block.is_empty() && block_bytes + key.len() + value.len() > PACK_BLOCK_BYTES_MAX)
         {
+            last_written = block.last().map(|(key, _)| key.clone());
             flush(&mut block)?;
             block_bytes = 0;
         }
@@ -1093,6 +1100,19 @@ mod tests {
             filter.licenses.bits.len(),
             Bloom::of(&[0; 1_000]).bits.len()
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "pack entries must strictly increase")]
+    fn a_pack_refuses_a_key_out_of_order_across_its_blocks() {
+        // AUD-5: a pack's blocks are searched by their first keys; a key out of order,
+        // even the first of a block after the one before it, would hide entries.
+        let tree = tree();
+        let entries = (0..PACK_BLOCK_ENTRIES_MAX)
+            .map(|index| member(&format!("user{index:04}")))
+            .chain([member("user0000")])
+            .map(|key| Ok((key, b"v".to_vec())));
+        let _ = write_blocks(&tree, 1, entries);
     }
 
     #[test]
