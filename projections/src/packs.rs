@@ -241,18 +241,22 @@ impl MemberFilter {
 #[derive(Default)]
 pub(crate) struct MemberKeys {
     licenses: Vec<u64>,
+    /// The license scope (`license_scope`) of the last member key added.
+    last_scope: Vec<u8>,
     members: Vec<u64>,
 }
 
 impl MemberKeys {
     pub(crate) fn add(&mut self, key: &[u8]) {
         if key.first() == Some(&PREFIX_MEMBER) {
-            let hashes = key_hashes(key);
-            // A pack's keys come in order, so a license's members come one after the other.
-            if self.licenses.last() != Some(&hashes.license) {
-                self.licenses.push(hashes.license);
+            // A pack's keys come in order, so a license's members come one after the
+            // other: its scope is hashed once, not once per member.
+            let scope = license_scope(key);
+            if self.last_scope != scope {
+                self.last_scope = scope.to_vec();
+                self.licenses.push(filter_hash(scope));
             }
-            self.members.push(hashes.member);
+            self.members.push(filter_hash(key));
         }
     }
 
