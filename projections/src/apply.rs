@@ -566,12 +566,8 @@ impl BatchApplier {
 
     /// Whether the plain layer may have the member record `key` (`PlainMembers`).
     fn plain_may_have_member(&mut self, key: &[u8]) -> Result<bool, ProjectionError> {
-        let scope_length = key[1..]
-            .iter()
-            .position(|byte| *byte == SEPARATOR)
-            .expect("a member key has a separator after its license")
-            + 2;
-        let scope = &key[..scope_length];
+        let scope =
+            member_license_scope(key).expect("a member key has a separator after its license");
         let lookups = match self.plain_members.get_mut(scope) {
             Some(PlainMembers::Known(keys)) => return Ok(keys.contains(key)),
             Some(PlainMembers::Many) => return Ok(true),

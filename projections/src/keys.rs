@@ -94,6 +94,13 @@ pub(crate) fn member_key_parts(key: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&parts[..at], &parts[at + 1..]))
 }
 
+/// The start of a member record key up to and including the separator after its license
+/// id (`02 license 0`), which every member key of the license starts with; `None` for a
+/// key without a separator.
+pub(crate) fn member_license_scope(key: &[u8]) -> Option<&[u8]> {
+    member_key_parts(key).map(|(license, _)| &key[..license.len() + 2])
+}
+
 /// `prefix first 0 position`, for the history indexes.
 pub(crate) fn positioned(prefix: u8, first: &[u8], position: u64) -> Vec<u8> {
     pair(prefix, first, &position.to_be_bytes())

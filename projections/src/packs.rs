@@ -177,7 +177,7 @@ fn filter_hash(bytes: &[u8]) -> u64 {
 /// The start of a member key up to and including the separator after its license id
 /// (`02 license 0`); the whole key if it has no separator.
 fn license_scope(key: &[u8]) -> &[u8] {
-    crate::keys::member_key_parts(key).map_or(key, |(license, _)| &key[..license.len() + 2])
+    crate::keys::member_license_scope(key).unwrap_or(key)
 }
 
 fn key_hashes(key: &[u8]) -> KeyHashes {
