@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 
+use clap::Parser;
 use replay_tool::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use serde_json::Value;
 use support::*;
@@ -502,6 +503,55 @@ async fn rebuild_matches_the_live_projections_and_digest_prints_them() {
     );
     assert_eq!(live, replayed);
     assert!(live["digests"].as_array().unwrap().len() > 3);
+}
+
+/// AUD-3 and AUD-5: `rebuild` and `digest --replay` refuse a tampered log, naming the
+/// edited event (not merely failing to decode it), and leave the live projections as they
+/// were.
+#[tokio::test]
+async fn rebuild_refuses_a_tampered_log_and_swaps_nothing_in() {
+    let (_tmp, data, _) = built().await;
+    live_projections(&data, 15, &[]).await;
+    let (code, live_before) = cli(&["digest", "--data", d(&data), "--json"]).await;
+    assert_eq!(code, EXIT_OK, "{live_before}");
+    let mut edited = std::fs::read(segment_path(&data)).unwrap();
+    edit_payload(&mut edited, 7);
+    std::fs::write(segment_path(&data), &edited).unwrap();
+
+    for args in [
+        vec!["rebuild", "--data", d(&data), "--no-progress"],
+        vec![
+            "rebuild",
+            "--data",
+            d(&data),
+            "--no-progress",
+            "--compare-only",
+        ],
+        vec!["digest", "--data", d(&data), "--replay"],
+    ] {
+        let parsed = replay_tool::cli::Cli::try_parse_from(
+            std::iter::once("replay-tool").chain(args.iter().copied()),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let failure = replay_tool::cli::run(parsed, &mut out)
+            .await
+            .expect_err("a tampered log fails");
+        assert_eq!(failure.code, EXIT_FAILED, "{args:?}: {failure:?}");
+        // The walk's account of the edit, not the replay's failure to decode the payload.
+        let message = &failure.message;
+        assert!(
+            message.contains("is corrupt")
+                && message.contains("ledger position 7,")
+                && message.contains("the event was edited")
+                && message.contains("replay-tool verify"),
+            "{args:?}: {message}"
+        );
+        assert!(out.is_empty(), "{args:?}: nothing reported");
+    }
+    let (code, live_after) = cli(&["digest", "--data", d(&data), "--json"]).await;
+    assert_eq!(code, EXIT_OK, "{live_after}");
+    assert_eq!(live_after, live_before, "nothing was swapped in");
 }
 
 /// `rebuild --compare-only` on a data directory: its exit code and output.
